@@ -1,0 +1,32 @@
+"""Shared fixtures: environment for offline, display-less runs, and one synthetic data
+set per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MNE_DONTWRITE_HOME", "true")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The ``tiny`` synthetic data set (both preprocessed variants), generated once."""
+    from trainer.synth import generate
+
+    root = tmp_path_factory.mktemp("things_tiny")
+    generate(root, "tiny", variants=("official", "63ch-250hz"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_meg_dataset(tmp_path_factory):
+    """A one-subject tiny set with its THINGS-MEG-like -epo.fif."""
+    from trainer.synth import generate
+
+    root = tmp_path_factory.mktemp("things_tiny_meg")
+    generate(root, "tiny", subjects=1, meg=True)
+    return root

@@ -1,0 +1,43 @@
+"""Errors the tools raise for bad input: each names the file and the field at fault.
+
+The command-line entry points catch :class:`BCIError` and print its message instead of a
+traceback; library users can catch the same classes.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+__all__ = ["BCIError", "DataFormatError", "ForbiddenPickleError"]
+
+
+class BCIError(Exception):
+    """Base class of the errors that are the user's input at fault, not a bug."""
+
+
+class DataFormatError(BCIError, ValueError):
+    """A data file is missing, unreadable, or not in the format it should be in.
+
+    Parameters
+    ----------
+    path : path-like | None
+        The file (or folder) at fault.
+    field : str | None
+        The key, attribute or column at fault (``None`` when the whole file is).
+    problem : str
+        What is wrong, in words a user can act on.
+    """
+
+    def __init__(self, path: str | PathLike | None, field: str | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.field = field
+        self.problem = problem
+        where = [] if self.path is None else [self.path]
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {problem}" if prefix else problem)
+
+
+class ForbiddenPickleError(DataFormatError):
+    """A pickled file asked for an object the restricted loader does not admit."""
