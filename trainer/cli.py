@@ -44,6 +44,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated preprocessed variants to write: {', '.join(VARIANT_FOLDERS)} "
                         "(default: official)")
     p.add_argument("--meg", action="store_true", help="also write THINGS-MEG-like preprocessed_P{n}-epo.fif files")
+    p.add_argument("--snr", type=float, default=None,
+                   help="scale of the informative brain responses (default 2.0; 1.0 makes single trials about "
+                        "as hard as in real THINGS-EEG2, see docs/data.md)")
 
     p = sub.add_parser("info", help="show what a THINGS-EEG2 folder (real or synthetic) contains",
                        description="List subjects, raw sessions, preprocessed files, images and MEG files of a data folder.")
@@ -59,6 +62,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.subjects is not None and args.subjects < 1:
         raise ValueError(f"--subjects must be at least 1, got {args.subjects}")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    preset = args.preset
+    if args.snr is not None:
+        from dataclasses import replace
+
+        from .synth import PRESETS
+
+        if not args.snr > 0 or args.snr != args.snr or args.snr == float("inf"):
+            raise ValueError(f"--snr must be a positive number, got {args.snr}")
+        preset = replace(PRESETS[args.preset], snr=args.snr)
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -71,7 +83,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         if done >= total:
             bar.close()
 
-    summary = generate(args.out, args.preset, subjects=args.subjects, seed=args.seed, variants=variants,
+    summary = generate(args.out, preset, subjects=args.subjects, seed=args.seed, variants=variants,
                        meg=args.meg, progress=progress)
     for bar in bars.values():
         bar.close()

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import scipy.signal
 
-from .data.montage import OCCIPITO_PARIETAL_PATTERN
+from .montage import OCCIPITO_PARIETAL_PATTERN
 from .errors import DataFormatError
 
 __all__ = ["PreprocessingSpec", "select_channels"]
@@ -153,31 +153,51 @@ class PreprocessingSpec:
     # -- construction and validation -------------------------------------------------
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
-        if self.baseline is not None:
-            object.__setattr__(self, "baseline", tuple(float(b) for b in self.baseline))
-        for name in ("norm_mean", "norm_std"):
+        for name in ("baseline", "norm_mean", "norm_std"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        self._validate()
+        for name in ("baseline", "norm_mean", "norm_std"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
-        self._validate()
 
     def _validate(self, source: Any = None) -> None:
         def bad(fieldname: str, problem: str) -> DataFormatError:
             return DataFormatError(source, f"preprocessing.{fieldname}", problem)
 
+        def is_number(value: Any) -> bool:
+            return (
+                isinstance(value, (int, float, np.integer, np.floating))
+                and not isinstance(value, (bool, np.bool_))
+                and math.isfinite(value)
+            )
+
         if not all(isinstance(c, str) and c for c in self.channels):
             raise bad("channels", "must be a list of non-empty channel names")
+        if self.channel_pattern is not None:
+            if not isinstance(self.channel_pattern, str):
+                raise bad("channel_pattern", f"must be a regular expression string or null, got {self.channel_pattern!r}")
+            try:
+                re.compile(self.channel_pattern)
+            except re.error as err:
+                raise bad("channel_pattern", f"invalid regular expression {self.channel_pattern!r} ({err})") from None
+        for name in ("baseline", "norm_mean", "norm_std"):
+            value = getattr(self, name)
+            if value is not None and not all(is_number(v) for v in value):
+                raise bad(name, f"must be a list of finite numbers, got {list(value)!r:.80}")
         if len(set(self.channels)) != len(self.channels):
             raise bad("channels", "has duplicate names")
         if not self.channels and not self.channel_pattern:
             raise bad("channels", "empty and no channel_pattern to resolve it")
         for name in ("sfreq", "pad"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (name == "sfreq" and value == 0):
+            if not is_number(value) or value < 0 or (name == "sfreq" and value == 0):
                 raise bad(name, f"must be a finite {'positive' if name == 'sfreq' else 'non-negative'} number, got {value!r}")
         for name in ("tmin", "tmax"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_number(value):
                 raise bad(name, f"must be a finite number, got {value!r}")
         if self.tmax <= self.tmin:
             raise bad("tmax", f"must be greater than tmin ({self.tmin}), got {self.tmax}")
@@ -193,11 +213,11 @@ class PreprocessingSpec:
                 raise bad("baseline", f"start {self.baseline[0]} s is not on the {self.sfreq} Hz grid")
         for name in ("l_freq", "h_freq"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value)):
+            if value is not None and (not is_number(value) or not value > 0):
                 raise bad(name, f"must be a positive frequency or null, got {value!r}")
         if self.l_freq is not None and self.h_freq is not None and self.l_freq >= self.h_freq:
             raise bad("h_freq", f"must be above l_freq ({self.l_freq}), got {self.h_freq}")
-        if not isinstance(self.filter_order, int) or not 1 <= self.filter_order <= 8:
+        if not isinstance(self.filter_order, int) or isinstance(self.filter_order, bool) or not 1 <= self.filter_order <= 8:
             raise bad("filter_order", f"must be an integer 1..8, got {self.filter_order!r}")
         if (self.norm_mean is None) != (self.norm_std is None):
             raise bad("norm_std", "norm_mean and norm_std must both be set or both be null")

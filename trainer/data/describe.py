@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 
-from ..errors import DataFormatError
 from .safe_npy import load_npy_dict
-from .things_eeg2 import CATCH_CODE, PREPROCESSED_KEYS, ThingsEEG2
+from .things_eeg2 import CATCH_CODE, PREPROCESSED_KEYS, RAW_KEYS, ThingsEEG2, check_preprocessed_dict, check_raw_dict
 
 __all__ = ["describe"]
 
@@ -31,11 +30,7 @@ def describe(ds: ThingsEEG2) -> str:
         lines.append(f"  sub-{s:02d}")
         raw_dir = ds.root / "raw_data" / f"sub-{s:02d}"
         for path in sorted(raw_dir.glob("ses-*/raw_eeg_*.npy")):
-            d = load_npy_dict(path, required=("raw_eeg_data", "ch_names", "sfreq"))
-            data, sfreq = d["raw_eeg_data"], float(d["sfreq"])
-            names = list(d["ch_names"])
-            if "stim" not in names:
-                raise DataFormatError(path, "ch_names", "has no 'stim' channel")
+            data, names, _, sfreq = check_raw_dict(load_npy_dict(path, required=RAW_KEYS), path)
             stim = np.asarray(data[names.index("stim")])
             onsets = np.flatnonzero((stim != 0) & (np.concatenate([[0], stim[:-1]]) != stim))
             codes = stim[onsets]
@@ -46,10 +41,8 @@ def describe(ds: ThingsEEG2) -> str:
             )
         for folder in sorted(p.name for p in ds.root.glob("preprocessed_data*") if p.is_dir()):
             for path in sorted((ds.root / folder / f"sub-{s:02d}").glob("preprocessed_eeg_*.npy")):
-                d = load_npy_dict(path, required=PREPROCESSED_KEYS)
-                shape = d["preprocessed_eeg_data"].shape
-                times = np.asarray(d["times"])
-                rate = 1.0 / np.diff(times).mean() if len(times) > 1 else float("nan")
+                data, _, times, rate = check_preprocessed_dict(load_npy_dict(path, required=PREPROCESSED_KEYS), path)
+                shape = data.shape
                 lines.append(
                     f"    {path.relative_to(ds.root)}: {shape[0]} images x {shape[1]} repetitions x "
                     f"{shape[2]} channels x {shape[3]} times ({rate:.0f} Hz, {times[0]:+.2f}..{times[-1]:+.3f} s)"

@@ -109,7 +109,10 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler, to 
 
     # -- large payloads ---------------------------------------------------------------
     def _bytes_payload(self, nbytes: int) -> None:
-        if self._mmap and nbytes >= MMAP_THRESHOLD and self._unframer.current_frame is None:
+        frame = self._unframer.current_frame
+        if frame is not None and frame.tell() >= len(frame.getbuffer()):
+            self._unframer.current_frame = frame = None  # an exhausted frame: back on the file
+        if self._mmap and nbytes >= MMAP_THRESHOLD and frame is None:
             offset = self._fileobj.tell()
             self._fileobj.seek(nbytes, os.SEEK_CUR)
             if self._fileobj.tell() - offset != nbytes or offset + nbytes > self._size:

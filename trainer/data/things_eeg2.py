@@ -35,6 +35,8 @@ __all__ = [
     "read_preprocessed",
     "read_raw_session",
     "arrange_trials",
+    "check_preprocessed_dict",
+    "check_raw_dict",
     "epoch_session",
     "trials_from_raw",
     "write_preprocessed",
@@ -77,6 +79,47 @@ def _sfreq_from_times(times: np.ndarray, path: Path) -> float:
     return float(round(1.0 / step.mean(), 6))
 
 
+def check_preprocessed_dict(d: dict, path: Path) -> tuple[np.ndarray, tuple[str, ...], np.ndarray, float]:
+    """Validate the fields of a preprocessed file's dict: (data, ch_names, times, sfreq)."""
+    data = d["preprocessed_eeg_data"]
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu":
+        raise DataFormatError(path, "preprocessed_eeg_data", f"must be a numeric array, got {type(data).__name__}")
+    if data.ndim != 4:
+        raise DataFormatError(
+            path, "preprocessed_eeg_data",
+            f"must have 4 dimensions (images x repetitions x channels x times), got shape {data.shape}",
+        )
+    ch_names = _names(d["ch_names"], path, "ch_names")
+    times = np.asarray(d["times"])
+    if times.dtype.kind not in "fiu":
+        raise DataFormatError(path, "times", f"must be numbers, got {times.dtype}")
+    times = times.astype(np.float64)
+    if len(ch_names) != data.shape[2]:
+        raise DataFormatError(path, "ch_names", f"has {len(ch_names)} names but the data has {data.shape[2]} channels")
+    if times.ndim != 1 or len(times) != data.shape[3]:
+        raise DataFormatError(path, "times", f"has {times.size} values but the data has {data.shape[3]} time points")
+    return data, ch_names, times, _sfreq_from_times(times, path)
+
+
+def check_raw_dict(d: dict, path: Path) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], float]:
+    """Validate the fields of a raw session's dict: (data, ch_names, ch_types, sfreq)."""
+    data = d["raw_eeg_data"]
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu" or data.ndim != 2:
+        raise DataFormatError(path, "raw_eeg_data", f"must be a 2-D numeric array (channels x samples), got {getattr(data, 'shape', type(data).__name__)}")
+    ch_names = _names(d["ch_names"], path, "ch_names")
+    ch_types = _names(d["ch_types"], path, "ch_types")
+    if len(ch_names) != data.shape[0]:
+        raise DataFormatError(path, "ch_names", f"has {len(ch_names)} names but raw_eeg_data has {data.shape[0]} rows")
+    if len(ch_types) != len(ch_names):
+        raise DataFormatError(path, "ch_types", f"has {len(ch_types)} types for {len(ch_names)} channels")
+    if "stim" not in ch_names:
+        raise DataFormatError(path, "ch_names", "has no 'stim' channel (the last row must hold the triggers)")
+    rate = _number(d["sfreq"], path, "sfreq")
+    if rate <= 0:
+        raise DataFormatError(path, "sfreq", f"must be positive, got {rate}")
+    return data, ch_names, ch_types, rate
+
+
 def read_preprocessed(
     path: str | Path,
     *,
@@ -107,21 +150,7 @@ def read_preprocessed(
     path = Path(path)
     partition = partition or partition_of(path)
     d = load_npy_dict(path, required=PREPROCESSED_KEYS, mmap=mmap)
-    data = d["preprocessed_eeg_data"]
-    if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu":
-        raise DataFormatError(path, "preprocessed_eeg_data", f"must be a numeric array, got {type(data).__name__}")
-    if data.ndim != 4:
-        raise DataFormatError(
-            path, "preprocessed_eeg_data",
-            f"must have 4 dimensions (images x repetitions x channels x times), got shape {data.shape}",
-        )
-    ch_names = _names(d["ch_names"], path, "ch_names")
-    times = np.asarray(d["times"], dtype=np.float64)
-    if len(ch_names) != data.shape[2]:
-        raise DataFormatError(path, "ch_names", f"has {len(ch_names)} names but the data has {data.shape[2]} channels")
-    if times.ndim != 1 or len(times) != data.shape[3]:
-        raise DataFormatError(path, "times", f"has {times.size} values but the data has {data.shape[3]} time points")
-    rate = _sfreq_from_times(times, path)
+    data, ch_names, times, rate = check_preprocessed_dict(d, path)
     if sfreq is not None and abs(rate - sfreq) > 1e-3 * sfreq:
         raise DataFormatError(path, "times", f"sampling rate is {rate:g} Hz, expected {sfreq:g} Hz")
     if n_images is not None and data.shape[0] != n_images:
@@ -221,20 +250,7 @@ def read_raw_session(
     path = Path(path)
     partition = partition or partition_of(path)
     d = load_npy_dict(path, required=RAW_KEYS, mmap=True)
-    data = d["raw_eeg_data"]
-    if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu" or data.ndim != 2:
-        raise DataFormatError(path, "raw_eeg_data", f"must be a 2-D numeric array (channels x samples), got {getattr(data, 'shape', type(data).__name__)}")
-    ch_names = _names(d["ch_names"], path, "ch_names")
-    ch_types = _names(d["ch_types"], path, "ch_types")
-    if len(ch_names) != data.shape[0]:
-        raise DataFormatError(path, "ch_names", f"has {len(ch_names)} names but raw_eeg_data has {data.shape[0]} rows")
-    if len(ch_types) != len(ch_names):
-        raise DataFormatError(path, "ch_types", f"has {len(ch_types)} types for {len(ch_names)} channels")
-    if "stim" not in ch_names:
-        raise DataFormatError(path, "ch_names", "has no 'stim' channel (the last row must hold the triggers)")
-    rate = _number(d["sfreq"], path, "sfreq")
-    if rate <= 0:
-        raise DataFormatError(path, "sfreq", f"must be positive, got {rate}")
+    data, ch_names, ch_types, rate = check_raw_dict(d, path)
     if sfreq is not None and abs(rate - sfreq) > 1e-6 * sfreq:
         raise DataFormatError(path, "sfreq", f"is {rate:g} Hz, expected {sfreq:g} Hz")
     highpass = _number(d.get("highpass"), path, "highpass", optional=True)

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..data.images import write_image_metadata
-from ..data.montage import THINGS_EEG2_CHANNELS
+from ..montage import THINGS_EEG2_CHANNELS
 from ..data.things_eeg2 import CATCH_CODE, RawSession, arrange_trials, epoch_session, write_preprocessed, write_raw_session
 from ..preprocessing import NAMED_SPECS
 from .brain import UV, BrainModel, make_noise
@@ -128,7 +128,7 @@ def _record(brain, model: BrainModel, codes: np.ndarray, amps_by_code: np.ndarra
 
 def generate(
     out: str | Path,
-    preset: str = "tiny",
+    preset: "str | SynthConfig" = "tiny",
     *,
     subjects: int | None = None,
     seed: int = 0,
@@ -138,12 +138,18 @@ def generate(
 ) -> dict:
     """Generate a synthetic THINGS-like data set into ``out``; returns its summary
     (also written to ``out/synth.json``).  Deterministic for (preset, subjects, seed)."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+    if isinstance(preset, SynthConfig):
+        named = [k for k, v in PRESETS.items() if replace(v, snr=preset.snr, seed=preset.seed) == preset]
+        cfg, preset = replace(preset, seed=seed), (named[0] if named else "custom")
+    elif preset in PRESETS:
+        cfg = replace(PRESETS[preset], seed=seed)
+    else:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)} (or a SynthConfig); got {preset!r}")
+    if not variants:
+        raise ValueError("variants: give at least one of " + ", ".join(VARIANT_FOLDERS))
     for v in variants:
         if v not in VARIANT_FOLDERS:
             raise ValueError(f"variants: unknown {v!r} (choose from {', '.join(VARIANT_FOLDERS)})")
-    cfg = replace(PRESETS[preset], seed=seed)
     if subjects is not None:
         if not isinstance(subjects, int) or subjects < 1:
             raise ValueError(f"subjects must be a positive integer, got {subjects!r}")
