@@ -24,9 +24,13 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_meg_dataset(tmp_path_factory):
-    """A one-subject tiny set with its THINGS-MEG-like -epo.fif."""
+    """A one-subject set smaller than tiny, with its THINGS-MEG-like -epo.fif."""
     from trainer.synth import generate
 
+    from trainer.synth import SynthConfig
+
     root = tmp_path_factory.mktemp("things_tiny_meg")
-    generate(root, "tiny", subjects=1, meg=True)
+    config = SynthConfig(n_train_concepts=24, images_per_concept=3, n_test_concepts=8, n_sessions=2,
+                         test_reps_per_session=2, subjects=1, image_size=32)
+    generate(root, config, meg=True)
     return root

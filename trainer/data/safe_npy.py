@@ -19,7 +19,7 @@ import io
 import os
 import pickle
 import struct
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -255,11 +255,11 @@ def save_npy_dict(path: str | os.PathLike, data: dict) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # usual permissions
     try:
         array = np.empty((), dtype=object)
         array[()] = data
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             # what numpy.save does for an object array: header, then a protocol-3 pickle
             np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
             pickle.dump(array, fh, protocol=3)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._checks import check_type
+
 __all__ = ["validation_split"]
 
 
@@ -34,6 +36,7 @@ def validation_split(
     concept_index = np.asarray(concept_index)
     if concept_index.ndim != 1 or concept_index.size == 0:
         raise ValueError(f"concept_index must be a non-empty 1-D array, got shape {concept_index.shape}")
+    check_type(fraction, (int, float), "fraction")
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1, got {fraction!r}")
     concepts = np.unique(concept_index)

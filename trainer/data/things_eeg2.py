@@ -55,7 +55,7 @@ def partition_of(path: str | Path) -> str:
     """'training' or 'test' from a THINGS file name (``*_training.npy`` / ``*_test.npy``)."""
     name = Path(path).name
     for part in PARTITIONS:
-        if re.search(rf"_{part}(\.npy)?$", name) or name.endswith(f"_{part}.npy"):
+        if name.endswith(f"_{part}.npy"):
             return part
     raise DataFormatError(path, None, "cannot tell the partition from the file name (expected *_training.npy or *_test.npy)")
 

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .._checks import check_positive, check_type
 from ..data.images import write_image_metadata
 from ..montage import THINGS_EEG2_CHANNELS
 from ..data.things_eeg2 import CATCH_CODE, RawSession, arrange_trials, epoch_session, write_preprocessed, write_raw_session
@@ -150,9 +151,9 @@ def generate(
     for v in variants:
         if v not in VARIANT_FOLDERS:
             raise ValueError(f"variants: unknown {v!r} (choose from {', '.join(VARIANT_FOLDERS)})")
+    check_type(seed, int, "seed")
     if subjects is not None:
-        if not isinstance(subjects, int) or subjects < 1:
-            raise ValueError(f"subjects must be a positive integer, got {subjects!r}")
+        check_positive(subjects, "subjects", integer=True)
         cfg = replace(cfg, subjects=subjects)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

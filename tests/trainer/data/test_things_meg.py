@@ -1,16 +1,16 @@
+import json
+
 import numpy as np
 
 from trainer.data import read_things_meg, things_meg_path
-from trainer.synth import PRESETS
-
-TINY = PRESETS["tiny"]
 
 
 def test_meg_layout(tiny_meg_dataset):
+    config = json.loads((tiny_meg_dataset / "synth.json").read_text())["config"]
     path = things_meg_path(tiny_meg_dataset / "THINGS-MEG", 1)
     train, test = read_things_meg(path)
-    assert train.data.shape[:2] == (TINY.n_train_images, 1)
-    assert test.data.shape[:2] == (TINY.n_test_concepts, 12)
+    assert train.data.shape[:2] == (config["n_train_concepts"] * config["images_per_concept"], 1)
+    assert test.data.shape[:2] == (config["n_test_concepts"], 12)
     assert train.sfreq == 200 and train.n_times == 200
     np.testing.assert_allclose(train.times, np.arange(200) / 200)
     assert all(name[:3] in ("MLO", "MRO", "MZO", "MLP", "MRP", "MZP") for name in train.ch_names)
