@@ -9,7 +9,12 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MNE_DONTWRITE_HOME", "true")
 
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+# features and epochs are cached here, never in the user's home
+os.environ["SHALLOW_BCI_CACHE"] = tempfile.mkdtemp(prefix="shallow-bci-test-cache-")
 
 
 @pytest.fixture(scope="session")

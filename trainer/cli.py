@@ -48,10 +48,124 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="scale of the informative brain responses (default 2.0; 1.0 makes single trials about "
                         "as hard as in real THINGS-EEG2, see docs/data.md)")
 
+    _add_fit_parser(sub)
+    p = sub.add_parser("eval", help="reproduce a run's test metrics from its bundle alone",
+                       description="Evaluate a model bundle on a subject's test set (zero-shot retrieval): "
+                                   "top-1/top-5 for averaged repetitions and single trials, and 2/4/10-way top-1.")
+    p.add_argument("--bundle", type=Path, required=True, help="run / bundle folder")
+    p.add_argument("--data", type=Path, required=True, help="data folder (THINGS-EEG2 layout, or THINGS-MEG)")
+    p.add_argument("--subject", type=int, required=True, help="subject to test on")
+    p.add_argument("--source", choices=["auto", "raw", "preprocessed", "meg"], default="auto",
+                   help="where the test epochs come from (default: as the bundle was trained)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--cache", type=Path, default=None, help="cache folder (default: $SHALLOW_BCI_CACHE or ~/.cache/shallow-bci)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
     p = sub.add_parser("info", help="show what a THINGS-EEG2 folder (real or synthetic) contains",
                        description="List subjects, raw sessions, preprocessed files, images and MEG files of a data folder.")
     p.add_argument("data", type=Path, help="data folder")
     return parser
+
+
+_FIT_HELP = {
+    "data": "data folder (THINGS-EEG2 layout, real or synthetic; a THINGS-MEG folder with --source meg)",
+    "subject": "subject number (tested on; also trained on unless --inter)",
+    "out": "run folder: the bundle, metrics.json, config.json and checkpoints go here",
+    "source": "epochs from 'raw' sessions with --spec (what the live app reproduces), the official "
+              "'preprocessed' files, or 'meg'; 'auto' takes raw when there is raw data",
+    "spec": "preprocessing spec for raw data: paper (17 ch, 250 Hz, 0-1 s), 63ch-250hz, official",
+    "backbone": "timm model name (any model with forward_intermediates)",
+    "weights": "backbone weights: 'hub', 'random' (tests, demo) or a local weights file",
+    "image_size": "input size for ViT-style backbones built at another resolution (0: the model's own)",
+    "layer": "'auto' (chosen on validation concepts), 'final', or a block index",
+    "layers": "with --layer auto: comma-separated candidate blocks (and/or 'final'); default ~10 evenly spaced + final",
+    "pooling": "token pooling: mean, cls or mean+cls (CNN stages: global average)",
+    "encoder": "EEG encoder",
+    "embed_dim": "encoder output size",
+    "proj_dim": "size of the shared embedding (both projectors)",
+    "epochs": "training epochs per layer",
+    "batch_size": "batch size",
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "temperature": "initial InfoNCE temperature",
+    "learn_temperature": "learn the temperature (use --fixed-temperature to keep it fixed)",
+    "seed": "random seed",
+    "device": "auto, cpu, cuda or cuda:N",
+    "inter": "leave-one-subject-out: train on all other subjects, test on --subject",
+    "val_fraction": "share of training concepts held out for validation",
+    "image_batch_size": "batch size of the backbone feature pass",
+    "cache": "cache folder for features and epochs (default: $SHALLOW_BCI_CACHE or ~/.cache/shallow-bci)",
+}
+
+
+def _add_fit_parser(sub) -> None:
+    import dataclasses
+
+    from .config import FitConfig
+
+    p = sub.add_parser(
+        "fit", help="train an encoder by shallow alignment and write a model bundle",
+        description="Align an EEG/MEG encoder with a pooled intermediate layer of a frozen timm backbone "
+                    "(symmetric InfoNCE), choose the epoch and layer on held-out training concepts, evaluate "
+                    "zero-shot retrieval on the test set, and write the bundle to --out. Defaults follow the "
+                    "paper; a --config file (TOML or JSON) may set defaults, flags override it.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="TOML/JSON file of defaults (keys = option names with _)")
+    defaults = FitConfig()
+    for f in dataclasses.fields(FitConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        text = _FIT_HELP.get(f.name, "")
+        if f.name == "learn_temperature":
+            p.add_argument("--fixed-temperature", dest="learn_temperature", action="store_false", default=None,
+                           help="keep the temperature fixed at --temperature")
+        elif f.name == "inter":
+            p.add_argument(flag, dest="inter", action="store_true", default=None, help=text)
+        else:
+            kind = type(default) if default != "" else str
+            p.add_argument(flag, dest=f.name, type=kind, default=None,
+                           help=f"{text} (default: {default!r})" if default != "" else text,
+                           required=f.name in ("data", "out"))
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config import FitConfig
+    from .fit import fit
+
+    values = FitConfig.from_file(args.config) if args.config else {}
+    for f in dataclasses.fields(FitConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = str(value) if isinstance(value, Path) else value
+    cfg = FitConfig(**values)
+    metrics = fit(cfg)
+    _print_metrics(metrics, header=f"run {cfg.out}: layer {metrics['layer']}, validation top-1 {metrics['val_top1']:.3f}")
+    return 0
+
+
+def _print_metrics(m: dict, header: str) -> None:
+    print(header)
+    print(f"  {m['n_way']}-way zero-shot retrieval on {m['n_test_images']} test images (chance top-1 {m['chance_top1']:.3f})")
+    print(f"  averaged {m['n_repetitions']} repetitions: top-1 {m['averaged']['top1']:.3f}  top-5 {m['averaged']['top5']:.3f}")
+    print(f"  single trials:           top-1 {m['single_trial']['top1']:.3f}  top-5 {m['single_trial']['top5']:.3f}")
+    if m.get("kway"):
+        print("  k-way top-1 (averaged): " + ", ".join(f"{k}-way {v:.3f}" for k, v in m["kway"].items()))
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .fit import evaluate_bundle
+
+    metrics = evaluate_bundle(args.bundle, args.data, args.subject, source=args.source, device=args.device,
+                              cache=args.cache)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        _print_metrics(metrics, header=f"bundle {args.bundle} on subject {args.subject}")
+    return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -107,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
-    commands = {"synth": _cmd_synth, "info": _cmd_info}
+    commands = {"synth": _cmd_synth, "info": _cmd_info, "fit": _cmd_fit, "eval": _cmd_eval}
     try:
         return commands[args.command](args)
     except (BCIError, ValueError, TypeError, FileNotFoundError, PermissionError) as err:

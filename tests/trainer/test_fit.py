@@ -1,0 +1,129 @@
+"""bci-train fit / eval end to end on the tiny synthetic set (a tiny random ViT)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from trainer import fit as fit_module
+from trainer.bundle import load_bundle
+from trainer.cli import main
+from trainer.errors import BCIError, DataFormatError
+from trainer.fit import FitConfig, evaluate_bundle, fit
+
+
+def _config(data, out, cache, **kw):
+    base = dict(data=str(data), subject=1, out=str(out), backbone="vit_tiny_patch16_224", weights="random",
+                image_size=32, layers="1,final", epochs=3, batch_size=128, proj_dim=32, embed_dim=64,
+                cache=str(cache), device="cpu")
+    base.update(kw)
+    return FitConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    metrics = fit(_config(tiny_dataset, root / "run", cache))
+    return root / "run", cache, metrics
+
+
+def test_fit_writes_bundle_and_metrics(tiny_run):
+    run, _, metrics = tiny_run
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["n_way"] == 20 and saved["n_repetitions"] == 20
+    assert {"top1", "top5"} <= set(saved["averaged"]) and {"top1", "top5"} <= set(saved["single_trial"])
+    assert set(saved["kway"]) == {"2", "4", "10"}
+    assert [r["layer"] for r in saved["layer_sweep"]] == [1, "final"]
+    assert saved["layer"] in (1, "final")
+    assert len(saved["history"]) == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == "vit_tiny_patch16_224" and config["epochs"] == 3
+    for name in ("bundle.json", "encoder.safetensors", "gallery.safetensors", "gallery.json"):
+        assert (run / name).is_file()
+    # no pickle-capable file anywhere in the run folder
+    assert not [p for p in run.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".pickle", ".npy", ".ckpt")]
+    bundle = load_bundle(run)
+    assert bundle.gallery.shape == (20, 32)
+    assert bundle.gallery_ids.tolist() == list(range(1, 21))
+    assert bundle.spec.norm_mean is not None and len(bundle.spec.channels) == 17
+    assert bundle.thumbnail_path(0).is_file()
+
+
+def test_eval_reproduces_fit_metrics(tiny_run, tiny_dataset, capsys):
+    run, cache, metrics = tiny_run
+    again = evaluate_bundle(run, tiny_dataset, 1, device="cpu", cache=cache)
+    for key in ("averaged", "single_trial", "kway", "n_way"):
+        assert again[key] == metrics[key], key
+    assert main(["eval", "--bundle", str(run), "--data", str(tiny_dataset), "--subject", "1", "--cache", str(cache), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["averaged"] == metrics["averaged"]
+
+
+def test_layer_choice_never_reads_test_data(tiny_dataset, tmp_path, monkeypatch):
+    """Replacing the test EEG by noise changes nothing in training or layer choice."""
+    real_loader = fit_module.load_fit_data
+    runs = {}
+    for name, scramble in (("real", False), ("noise", True)):
+        def loader(*args, **kwargs):
+            data = real_loader(*args, **kwargs)
+            if scramble:
+                data.test = np.random.default_rng(0).standard_normal(data.test.shape).astype(np.float32)
+            return data
+
+        monkeypatch.setattr(fit_module, "load_fit_data", loader)
+        runs[name] = fit(_config(tiny_dataset, tmp_path / name, tmp_path / "cache", layer="auto", layers="0,2,final", epochs=2))
+    assert runs["real"]["layer_sweep"] == runs["noise"]["layer_sweep"]
+    assert runs["real"]["layer"] == runs["noise"]["layer"]
+    assert runs["real"]["history"] == runs["noise"]["history"]
+    assert runs["real"]["averaged"] != runs["noise"]["averaged"] or runs["real"]["single_trial"] != runs["noise"]["single_trial"]
+
+
+def test_resume_continues_where_it_stopped(tiny_dataset, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    full = fit(_config(tiny_dataset, tmp_path / "full", cache, layers="1", epochs=4))
+    fit(_config(tiny_dataset, tmp_path / "part", cache, layers="1", epochs=2))
+    with caplog.at_level("INFO", logger="trainer"):
+        resumed = fit(_config(tiny_dataset, tmp_path / "part", cache, layers="1", epochs=4))
+    assert "resuming after epoch 2" in caplog.text
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
+    np.testing.assert_allclose([h["loss"] for h in resumed["history"]], [h["loss"] for h in full["history"]], rtol=1e-4)
+    assert resumed["averaged"] == full["averaged"]
+
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        (dict(backbone="vit_tinyy_patch16_224"), BCIError, ["vit_tiny_patch16_224"]),
+        (dict(encoder="eegprojekt"), ValueError, ["eegproject", "tsconv"]),
+        (dict(layer="40", layers=""), ValueError, ["0..11"]),
+        (dict(layers="1,99"), ValueError, ["99", "0..11"]),
+        (dict(subject=7), DataFormatError, ["subject 7", "1, 2"]),
+        (dict(pooling="max"), ValueError, ["pooling"]),
+    ],
+)
+def test_bad_fit_input(tiny_dataset, tmp_path, change, error, words):
+    with pytest.raises(error) as info:
+        fit(_config(tiny_dataset, tmp_path / "run", tmp_path / "cache", **change))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_cli_fit_errors_are_one_line(tiny_dataset, tmp_path, capsys):
+    code = main(["fit", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), "--backbone", "nonexistent_net",
+                 "--weights", "random"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err and "Traceback" not in err
+
+
+def test_eval_refuses_data_without_the_bundle_channels(tiny_run, tiny_dataset, tmp_path):
+    import shutil
+
+    run, cache, _ = tiny_run
+    bad = tmp_path / "bundle"
+    shutil.copytree(run, bad, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((bad / "bundle.json").read_text())
+    config["preprocessing"]["channels"][0] = "XYZ1"
+    (bad / "bundle.json").write_text(json.dumps(config))
+    with pytest.raises(DataFormatError, match="missing required channel.*XYZ1"):
+        evaluate_bundle(bad, tiny_dataset, 1, cache=cache)

@@ -1,0 +1,324 @@
+"""The model bundle: the only thing that crosses from the trainer to the live app.
+
+A folder, no pickles anywhere::
+
+    bundle.json            format version, encoder name and arguments, backbone, layer,
+                           pooling, sizes, temperature, preprocessing spec, provenance, metrics
+    encoder.safetensors    brain encoder + projector ("brain.*"), image projector ("image_projector.*")
+    gallery.safetensors    "embeddings" (N x D, L2-normalised) and "ids" (N, the stimulus codes)
+    gallery.json           per gallery item: id, concept, source file, thumbnail
+    thumbnails/            small JPEGs shown by the app
+
+:func:`load_bundle` validates every field and names the bad one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DataFormatError
+from .preprocessing import PreprocessingSpec
+
+__all__ = ["BUNDLE_FORMAT", "Bundle", "GalleryItem", "load_bundle", "save_bundle"]
+
+BUNDLE_FORMAT = 1
+THUMBNAIL_SIZE = 128
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One candidate image: its stimulus id (the marker code), concept, file and thumbnail."""
+
+    id: int
+    concept: str
+    file: str
+    thumbnail: str
+
+
+@dataclass
+class Bundle:
+    """A loaded, validated model bundle.
+
+    Attributes
+    ----------
+    path : Path
+    config : dict
+        The contents of ``bundle.json``.
+    spec : PreprocessingSpec
+        How raw samples become the model's epochs (the live app applies it as is).
+    brain : torch.nn.Module
+        Epochs (B, C, T) -> embeddings (B, D), in eval mode on the CPU.
+    gallery : np.ndarray (N, D) float32, L2-normalised
+    gallery_ids : np.ndarray (N,) int64
+    items : list of GalleryItem
+    temperature : float
+    """
+
+    path: Path
+    config: dict
+    spec: PreprocessingSpec
+    brain: torch.nn.Module
+    gallery: np.ndarray
+    gallery_ids: np.ndarray
+    items: list[GalleryItem]
+    temperature: float
+    image_projector_state: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_chans(self) -> int:
+        return len(self.spec.channels)
+
+    @property
+    def n_times(self) -> int:
+        return self.spec.n_times
+
+    def thumbnail_path(self, index: int) -> Path:
+        return self.path / self.items[index].thumbnail
+
+    def embed(self, epochs: np.ndarray, *, device: str | torch.device = "cpu", batch_size: int = 1024) -> np.ndarray:
+        """L2-normalised embeddings (n, D) of preprocessed epochs (n, C, T)."""
+        epochs = np.asarray(epochs, dtype=np.float32)
+        if epochs.ndim != 3 or epochs.shape[1:] != (self.n_chans, self.n_times):
+            raise ValueError(
+                f"epochs must be (n, {self.n_chans}, {self.n_times}) for this bundle, got {epochs.shape}"
+            )
+        if not np.isfinite(epochs).all():
+            raise ValueError("epochs contain NaN or Inf")
+        model = self.brain.to(device)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(epochs), batch_size):
+                z = model(torch.from_numpy(epochs[i : i + batch_size]).to(device))
+                out.append(torch.nn.functional.normalize(z, dim=1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.gallery.shape[1]), np.float32)
+
+    def similarity(self, epochs: np.ndarray, **kwargs) -> np.ndarray:
+        """Cosine similarity (n, N) of epochs to the gallery."""
+        return self.embed(epochs, **kwargs) @ self.gallery.T
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_bundle(
+    out: str | Path,
+    *,
+    model: torch.nn.Module,
+    spec: PreprocessingSpec,
+    gallery_features: np.ndarray,
+    gallery_ids: Sequence[int],
+    gallery_concepts: Sequence[str],
+    gallery_files: Sequence[str],
+    gallery_images: Sequence[Any] | None,
+    backbone: dict,
+    layer: int | str,
+    pooling: str,
+    provenance: dict,
+    metrics: dict | None = None,
+) -> Path:
+    """Write a bundle folder from a trained :class:`trainer.model.AlignmentModel`.
+
+    ``gallery_features`` are the pooled backbone features (N, feature_dim) of the gallery
+    images; they are projected and normalised here.  ``gallery_images`` are PIL images
+    (or callables returning one) for the thumbnails, or None to skip thumbnails.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    n = len(gallery_ids)
+    if not (len(gallery_features) == len(gallery_concepts) == len(gallery_files) == n):
+        raise ValueError("save_bundle: gallery features, ids, concepts and files must have the same length")
+    with torch.inference_mode():
+        emb = model.embed_images(torch.as_tensor(np.asarray(gallery_features), dtype=torch.float32))
+        emb = torch.nn.functional.normalize(emb, dim=1).contiguous()
+    tensors = {f"brain.{k}": v.detach().contiguous() for k, v in model.brain.state_dict().items()}
+    tensors.update({f"image_projector.{k}": v.detach().contiguous() for k, v in model.image_projector.state_dict().items()})
+    save_file(tensors, str(out / "encoder.safetensors"))
+    save_file({"embeddings": emb, "ids": torch.as_tensor(np.asarray(gallery_ids, dtype=np.int64))},
+              str(out / "gallery.safetensors"))
+
+    thumbs = out / "thumbnails"
+    if thumbs.exists():
+        shutil.rmtree(thumbs)
+    thumbs.mkdir()
+    items = []
+    for i in range(n):
+        thumb = ""
+        if gallery_images is not None:
+            image = gallery_images[i]() if callable(gallery_images[i]) else gallery_images[i]
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            thumb = f"thumbnails/{int(gallery_ids[i]):05d}.jpg"
+            image.save(out / thumb, quality=90)
+        items.append({"id": int(gallery_ids[i]), "concept": str(gallery_concepts[i]), "file": str(gallery_files[i]),
+                      "thumbnail": thumb})
+    _atomic_write_text(out / "gallery.json", json.dumps({"items": items}, indent=1) + "\n")
+
+    temperature = float(model.logit_scale.temperature)
+    config = {
+        "format_version": BUNDLE_FORMAT,
+        "encoder": dict(model.brain.encoder_config),
+        "proj_dim": model.brain.proj_dim,
+        "feature_dim": model.feature_dim,
+        "backbone": dict(backbone),
+        "layer": layer,
+        "pooling": pooling,
+        "temperature": temperature,
+        "preprocessing": spec.to_dict(),
+        "provenance": dict(provenance),
+        "metrics": dict(metrics or {}),
+    }
+    _atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def _need(config: dict, key: str, types: type | tuple, source: Path, *, check=None, problem: str = "") -> Any:
+    if key not in config:
+        raise DataFormatError(source, key, "missing")
+    value = config[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))):
+        names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        raise DataFormatError(source, key, f"must be {names}, got {type(value).__name__} ({value!r:.60})")
+    if check is not None and not check(value):
+        raise DataFormatError(source, key, problem or f"invalid value {value!r:.60}")
+    return value
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and validate a bundle folder; errors name the file and the field at fault."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .encoders import list_encoders
+    from .model import BrainEmbedder
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise DataFormatError(path, None, "bundle folder not found")
+    cfg_path = path / "bundle.json"
+    try:
+        config = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise DataFormatError(cfg_path, None, "missing (not a model bundle?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataFormatError(cfg_path, None, f"not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise DataFormatError(cfg_path, None, "must hold a JSON object")
+    version = _need(config, "format_version", int, cfg_path)
+    if version != BUNDLE_FORMAT:
+        raise DataFormatError(cfg_path, "format_version", f"is {version}; this version reads format {BUNDLE_FORMAT}")
+    enc = dict(_need(config, "encoder", dict, cfg_path))
+    if enc.get("name") not in list_encoders():
+        raise DataFormatError(cfg_path, "encoder.name", f"unknown encoder {enc.get('name')!r} (known: {', '.join(list_encoders())})")
+    positive_int = lambda v: v > 0  # noqa: E731
+    proj_dim = _need(config, "proj_dim", int, cfg_path, check=positive_int, problem="must be positive")
+    feature_dim = _need(config, "feature_dim", int, cfg_path, check=positive_int, problem="must be positive")
+    backbone = _need(config, "backbone", dict, cfg_path)
+    if not isinstance(backbone.get("name"), str) or not backbone["name"]:
+        raise DataFormatError(cfg_path, "backbone.name", "must be a non-empty string")
+    _need(config, "layer", (int, str), cfg_path, check=lambda v: v == "final" or (isinstance(v, int) and v >= 0),
+                  problem="must be a non-negative block index or 'final'")
+    _need(config, "pooling", str, cfg_path)
+    temperature = float(_need(config, "temperature", (int, float), cfg_path,
+                              check=lambda v: math.isfinite(v) and v > 0, problem="must be a positive number"))
+    spec = PreprocessingSpec.from_dict(_need(config, "preprocessing", dict, cfg_path), source=cfg_path)
+    if not spec.channels:
+        raise DataFormatError(cfg_path, "preprocessing.channels", "must list the model's channels")
+    for key in ("provenance", "metrics"):
+        _need(config, key, dict, cfg_path)
+    if enc.get("n_chans") != len(spec.channels):
+        raise DataFormatError(cfg_path, "encoder.n_chans", f"is {enc.get('n_chans')} but the spec has {len(spec.channels)} channels")
+    if enc.get("n_times") != spec.n_times:
+        raise DataFormatError(cfg_path, "encoder.n_times", f"is {enc.get('n_times')} but the spec gives {spec.n_times} samples")
+
+    try:
+        brain = BrainEmbedder({k: v for k, v in enc.items()}, proj_dim)
+    except (TypeError, ValueError) as err:
+        raise DataFormatError(cfg_path, "encoder", f"cannot build the encoder ({err})") from None
+    weights_path = path / "encoder.safetensors"
+    try:
+        tensors = load_file(str(weights_path))
+    except FileNotFoundError:
+        raise DataFormatError(weights_path, None, "missing") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DataFormatError(weights_path, None, f"unreadable ({err})") from None
+    brain_state = {k[len("brain."):]: v for k, v in tensors.items() if k.startswith("brain.")}
+    expected = brain.state_dict()
+    missing = sorted(set(expected) - set(brain_state))
+    unexpected = sorted(set(brain_state) - set(expected))
+    if missing or unexpected:
+        raise DataFormatError(weights_path, (missing or unexpected)[0],
+                              f"weights do not match the encoder ({len(missing)} missing, {len(unexpected)} unexpected)")
+    for k, v in brain_state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise DataFormatError(weights_path, k, f"has shape {tuple(v.shape)}, the encoder needs {tuple(expected[k].shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise DataFormatError(weights_path, k, "has non-finite values")
+    brain.load_state_dict(brain_state)
+    brain.eval()
+    image_state = {k[len("image_projector."):]: v for k, v in tensors.items() if k.startswith("image_projector.")}
+    if image_state and tuple(image_state.get("weight", torch.empty(0)).shape) != (proj_dim, feature_dim):
+        raise DataFormatError(weights_path, "image_projector.weight", f"must be ({proj_dim}, {feature_dim})")
+
+    gal_path = path / "gallery.safetensors"
+    try:
+        gal = load_file(str(gal_path))
+    except FileNotFoundError:
+        raise DataFormatError(gal_path, None, "missing") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DataFormatError(gal_path, None, f"unreadable ({err})") from None
+    for key in ("embeddings", "ids"):
+        if key not in gal:
+            raise DataFormatError(gal_path, key, "missing")
+    emb = gal["embeddings"].float().numpy()
+    ids = gal["ids"].numpy().astype(np.int64)
+    if emb.ndim != 2 or emb.shape[1] != proj_dim or emb.shape[0] == 0:
+        raise DataFormatError(gal_path, "embeddings", f"must be (N, {proj_dim}) with N > 0, got {tuple(emb.shape)}")
+    if not np.isfinite(emb).all():
+        raise DataFormatError(gal_path, "embeddings", "has non-finite values")
+    if ids.shape != (emb.shape[0],):
+        raise DataFormatError(gal_path, "ids", f"must have {emb.shape[0]} entries, got shape {ids.shape}")
+    if len(np.unique(ids)) != len(ids):
+        raise DataFormatError(gal_path, "ids", "has duplicates")
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+    gj_path = path / "gallery.json"
+    try:
+        gj = json.loads(gj_path.read_text())
+    except FileNotFoundError:
+        raise DataFormatError(gj_path, None, "missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataFormatError(gj_path, None, f"not valid JSON ({err})") from None
+    raw_items = gj.get("items") if isinstance(gj, dict) else None
+    if not isinstance(raw_items, list) or len(raw_items) != len(ids):
+        raise DataFormatError(gj_path, "items", f"must be a list of {len(ids)} entries (one per gallery embedding)")
+    items = []
+    for i, it in enumerate(raw_items):
+        if not isinstance(it, dict):
+            raise DataFormatError(gj_path, f"items[{i}]", "must be an object")
+        try:
+            item = GalleryItem(id=int(it["id"]), concept=str(it["concept"]), file=str(it["file"]), thumbnail=str(it["thumbnail"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataFormatError(gj_path, f"items[{i}]", f"needs id, concept, file and thumbnail ({err})") from None
+        if item.id != ids[i]:
+            raise DataFormatError(gj_path, f"items[{i}].id", f"is {item.id} but gallery.safetensors has {ids[i]} there")
+        if item.thumbnail and not (path / item.thumbnail).is_file():
+            raise DataFormatError(path / item.thumbnail, f"items[{i}].thumbnail", "thumbnail file missing")
+        items.append(item)
+    return Bundle(path=path, config=config, spec=spec, brain=brain, gallery=emb.astype(np.float32), gallery_ids=ids,
+                  items=items, temperature=temperature, image_projector_state=image_state)
