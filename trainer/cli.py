@@ -49,6 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
                         "as hard as in real THINGS-EEG2, see docs/data.md)")
 
     _add_fit_parser(sub)
+    _add_sweep_parser(sub)
     p = sub.add_parser("eval", help="reproduce a run's test metrics from its bundle alone",
                        description="Evaluate a model bundle on a subject's test set (zero-shot retrieval): "
                                    "top-1/top-5 for averaged repetitions and single trials, and 2/4/10-way top-1.")
@@ -126,6 +127,76 @@ def _add_fit_parser(sub) -> None:
             p.add_argument(flag, dest=f.name, type=kind, default=None,
                            help=f"{text} (default: {default!r})" if default != "" else text,
                            required=f.name in ("data", "out"))
+
+
+_SWEEP_OWN = ("data", "out", "subject", "backbone", "layer", "layers", "seed")
+
+
+def _add_sweep_parser(sub) -> None:
+    import dataclasses
+
+    from .config import FitConfig
+
+    p = sub.add_parser(
+        "sweep", help="train one model per layer (and backbone, subject, seed); table and plots",
+        description="Sweep layers, backbones, subjects and seeds: one feature pass per backbone for all layers, "
+                    "one training run per combination (in parallel processes with --jobs), then sweep.csv, "
+                    "sweep.md and plots (top-1 vs relative depth with the final layer marked; top-1 vs "
+                    "ln(parameters) across backbones with the correlation). Test accuracy is reported for "
+                    "analysis; nothing is selected on it.",
+    )
+    p.add_argument("--data", type=Path, required=True, help=_FIT_HELP["data"])
+    p.add_argument("--out", type=Path, required=True, help="sweep folder (one run folder per combination inside)")
+    p.add_argument("--backbones", default=FitConfig.backbone, help="comma-separated timm model names")
+    p.add_argument("--subjects", default="1", help="comma-separated subject numbers (default 1)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--layers", default="auto",
+                   help="'all' blocks, 'auto' (~10 evenly spaced, as in the paper), or a list such as 2,4,6,final "
+                        "(default auto; the final layer is included by all/auto)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
+    p.add_argument("--config", type=Path, default=None, help="TOML/JSON file of training defaults")
+    defaults = FitConfig()
+    for f in dataclasses.fields(FitConfig):
+        if f.name in _SWEEP_OWN:
+            continue
+        default = getattr(defaults, f.name)
+        text = _FIT_HELP.get(f.name, "")
+        if f.name == "learn_temperature":
+            p.add_argument("--fixed-temperature", dest="learn_temperature", action="store_false", default=None,
+                           help="keep the temperature fixed at --temperature")
+        elif f.name == "inter":
+            p.add_argument("--inter", dest="inter", action="store_true", default=None, help=text)
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(default) if default != "" else str,
+                           default=None, help=f"{text} (default: {default!r})" if default != "" else text)
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config import FitConfig
+    from .sweep import sweep
+
+    values = FitConfig.from_file(args.config) if args.config else {}
+    for f in dataclasses.fields(FitConfig):
+        value = getattr(args, f.name, None) if f.name not in _SWEEP_OWN else None
+        if value is not None:
+            values[f.name] = str(value) if isinstance(value, Path) else value
+    values.update(data=str(args.data), out=str(args.out))
+    base = FitConfig(**values).validate()
+    rows = sweep(base, backbones=[b.strip() for b in args.backbones.split(",") if b.strip()],
+                 subjects=_int_list(args.subjects, "--subjects"), seeds=_int_list(args.seeds, "--seeds"),
+                 layers=args.layers, jobs=args.jobs)
+    print((Path(args.out) / "sweep.md").read_text())
+    print(f"{len(rows)} runs; table: {Path(args.out) / 'sweep.csv'}")
+    return 0
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -221,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
-    commands = {"synth": _cmd_synth, "info": _cmd_info, "fit": _cmd_fit, "eval": _cmd_eval}
+    commands = {"synth": _cmd_synth, "info": _cmd_info, "fit": _cmd_fit, "eval": _cmd_eval, "sweep": _cmd_sweep}
     try:
         return commands[args.command](args)
     except (BCIError, ValueError, TypeError, FileNotFoundError, PermissionError) as err:

@@ -287,11 +287,24 @@ def _fingerprint(cfg: FitConfig, layer_key: str, extra: dict) -> str:
     return hashlib.sha256(json.dumps([keep, layer_key, extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def image_features(backbone, cfg: FitConfig, train_images, test_images, layers, cache: Path) -> tuple[dict, dict]:
+    """Pooled features of the training and test images for ``layers`` (one backbone pass
+    per image set for all layers; cached on disk)."""
+    from .vision import cached_features
+
+    data_id = hashlib.sha256(str(Path(cfg.data).expanduser().resolve()).encode()).hexdigest()[:12]
+    out = []
+    for part, images in (("training", train_images), ("test", test_images)):
+        out.append(cached_features(backbone, images, layers, pooling=cfg.pooling, cache_dir=cache / "features",
+                                   image_set_id=f"{data_id}-{part}-{len(images)}", batch_size=cfg.image_batch_size))
+    return out[0], out[1]
+
+
 def fit(cfg: FitConfig) -> dict[str, Any]:
     """Train, select on validation concepts, evaluate on the test set, write the bundle.
 
     Returns the metrics (also in ``RUN/metrics.json``)."""
-    from .vision import cached_features, load_backbone, resolve_device
+    from .vision import load_backbone, resolve_device
 
     cfg.validate()
     started = time.perf_counter()
@@ -300,7 +313,8 @@ def fit(cfg: FitConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
-    backbone = load_backbone(cfg.backbone, cfg.weights, device=device, seed=cfg.seed,
+    # random backbone weights are seeded apart from training, so seeds vary training only
+    backbone = load_backbone(cfg.backbone, cfg.weights, device=device, seed=0,
                              model_kwargs={"img_size": cfg.image_size} if cfg.image_size else None)
     candidates = _candidate_layers(cfg, backbone.n_layers)  # bad names and layers fail before any data work
     out.mkdir(parents=True, exist_ok=True)
@@ -312,13 +326,8 @@ def fit(cfg: FitConfig) -> dict[str, Any]:
                 data.train.shape[2], data.source)
 
     keys = [_layer_key(k) for k in candidates]
-    data_id = hashlib.sha256(str(Path(cfg.data).expanduser().resolve()).encode()).hexdigest()[:12]
-    feats_train = cached_features(backbone, data.train_images, candidates, pooling=cfg.pooling,
-                                  cache_dir=cache / "features", image_set_id=f"{data_id}-training-{len(data.train_images)}",
-                                  batch_size=cfg.image_batch_size)
-    feats_test = cached_features(backbone, data.test_images, candidates, pooling=cfg.pooling,
-                                 cache_dir=cache / "features", image_set_id=f"{data_id}-test-{len(data.test_images)}",
-                                 batch_size=cfg.image_batch_size)
+    cache.mkdir(parents=True, exist_ok=True)
+    feats_train, feats_test = image_features(backbone, cfg, data.train_images, data.test_images, candidates, cache)
 
     concepts = data.train_images.concept_index[data.train_image_ids]
     fit_rows, val_rows = validation_split(concepts, fraction=cfg.val_fraction, seed=cfg.seed)
