@@ -343,6 +343,11 @@ def load_backbone(
 def _create(timm, name: str, **kwargs) -> torch.nn.Module:
     try:
         return timm.create_model(name, **kwargs)
+    except TypeError as err:
+        if "img_size" in kwargs and "img_size" in str(err):
+            # convolutional nets take any input size: only the transform's size changes
+            return _create(timm, name, **{k: v for k, v in kwargs.items() if k != "img_size"})
+        raise
     except RuntimeError as err:
         msg = str(err).rstrip(".")
         if "Invalid pretrained tag" in msg:
