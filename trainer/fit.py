@@ -38,6 +38,8 @@ __all__ = ["FitConfig", "default_cache_dir", "evaluate_bundle", "evaluate_retrie
 
 logger = logging.getLogger("trainer")
 
+CHECKPOINT_SECONDS = 30.0
+
 
 def _candidate_layers(cfg: FitConfig, n_layers: int) -> list[str | int]:
     layer = parse_layer(cfg.layer)
@@ -250,6 +252,7 @@ def _train_layer(
         torch.randperm(n, generator=gen)
     bar = tqdm(range(start, cfg.epochs), desc=f"{_layer_key(layer)}", unit="epoch", file=sys.stderr,
                disable=None, leave=False, dynamic_ncols=True, initial=start, total=cfg.epochs)
+    last_save = time.perf_counter()
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
@@ -271,10 +274,14 @@ def _train_layer(
             result.best_val_top1, result.best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{total / n:.3f}", val_top1=f"{val:.3f}", best=f"{result.best_val_top1:.3f}")
-        _save_checkpoint(ckpt, model, best_state, opt, {
-            "epoch": epoch, "best_val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
-            "history": result.history, "fingerprint": fingerprint,
-        })
+        # checkpoint at most every CHECKPOINT_SECONDS (and after the last epoch): an
+        # interruption loses little, and small runs are not slowed by writing weights each epoch
+        if epoch == cfg.epochs - 1 or time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
+            _save_checkpoint(ckpt, model, best_state, opt, {
+                "epoch": epoch, "best_val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
+                "history": result.history, "fingerprint": fingerprint,
+            })
+            last_save = time.perf_counter()
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
@@ -290,13 +297,26 @@ def _fingerprint(cfg: FitConfig, layer_key: str, extra: dict) -> str:
 def image_features(backbone, cfg: FitConfig, train_images, test_images, layers, cache: Path) -> tuple[dict, dict]:
     """Pooled features of the training and test images for ``layers`` (one backbone pass
     per image set for all layers; cached on disk)."""
+    from tqdm import tqdm
+
     from .vision import cached_features
 
     data_id = hashlib.sha256(str(Path(cfg.data).expanduser().resolve()).encode()).hexdigest()[:12]
     out = []
     for part, images in (("training", train_images), ("test", test_images)):
-        out.append(cached_features(backbone, images, layers, pooling=cfg.pooling, cache_dir=cache / "features",
-                                   image_set_id=f"{data_id}-{part}-{len(images)}", batch_size=cfg.image_batch_size))
+        bar = tqdm(total=len(images), desc=f"{backbone.name} features ({part})", unit="img", file=sys.stderr,
+                   disable=None, leave=False, dynamic_ncols=True)
+
+        def progress(done: int, total: int, bar=bar) -> None:
+            bar.n = done
+            bar.refresh()
+
+        try:
+            out.append(cached_features(backbone, images, layers, pooling=cfg.pooling, cache_dir=cache / "features",
+                                       image_set_id=f"{data_id}-{part}-{len(images)}", batch_size=cfg.image_batch_size,
+                                       progress=progress))
+        finally:
+            bar.close()
     return out[0], out[1]
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "epoch_session",
     "trials_from_raw",
     "write_preprocessed",
+    "write_raw_array",
     "write_raw_session",
 ]
 
@@ -296,6 +297,22 @@ def write_raw_session(
     data = np.empty((eeg.shape[0] + 1, eeg.shape[1]), dtype=np.float64)
     data[:-1] = eeg
     data[-1] = stim
+    return write_raw_array(path, data, ch_names, sfreq, highpass=highpass, lowpass=lowpass)
+
+
+def write_raw_array(
+    path: str | Path,
+    data: np.ndarray,
+    ch_names: Sequence[str],
+    sfreq: float,
+    *,
+    highpass: float = 0.01,
+    lowpass: float = 100.0,
+) -> Path:
+    """Like :func:`write_raw_session` for data that already hold the stim row last
+    (channels + 1, samples), written without a copy."""
+    if data.ndim != 2 or data.shape[0] != len(ch_names) + 1:
+        raise ValueError(f"write_raw_array: data {data.shape} must have {len(ch_names)} channels + stim")
     return save_npy_dict(
         path,
         {

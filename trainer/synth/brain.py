@@ -105,10 +105,11 @@ class SubjectBrain:
         out += self.erp_topography[None, :, None] * self.erp_waveform[None, None, :]
         return out
 
-    def continuous(self, n_samples: int, onsets: np.ndarray, amps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def continuous(self, n_samples: int, onsets: np.ndarray, amps: np.ndarray, rng: np.random.Generator,
+                   out: np.ndarray | None = None) -> np.ndarray:
         """Signal (n_sensors, n_samples) of responses at ``onsets`` (true visual onsets,
         samples) with source amplitudes ``amps`` (n_trials, n_sources); each trial's
-        response scaled by a random gain."""
+        response scaled by a random gain.  Written into ``out`` when given."""
         n_src, n_wave = self.waveforms.shape
         gains = np.clip(1.0 + self.trial_gain_sd * rng.standard_normal(len(onsets)), 0.1, None)
         trains = np.zeros((n_src + 1, n_samples))
@@ -117,7 +118,10 @@ class SubjectBrain:
         waves = np.vstack([self.waveforms, self.erp_waveform[None]])
         src = scipy.signal.oaconvolve(trains, waves, mode="full", axes=1)[:, :n_samples]
         topo = np.column_stack([self.topographies, self.erp_topography])
-        return topo @ src
+        if out is None:
+            return topo @ src
+        np.matmul(topo, src, out=out)
+        return out
 
 
 class BrainModel:
@@ -250,35 +254,63 @@ def make_noise(
     blink_uv: float = 120.0,
     blink_times: np.ndarray | None = None,
     unit: float = UV,
+    out: np.ndarray | None = None,
+    chunk: int = 8,
 ) -> np.ndarray:
-    """Realistic background activity (n_sensors, n_samples), in volts (or ``unit``)."""
+    """Realistic background activity (n_sensors, n_samples), in volts (or ``unit``).
+
+    With ``out`` (float array of that shape) the noise is added into it; the work goes a
+    few channels at a time, so a full-size session needs little memory beyond ``out``."""
     n_ch = len(xyz)
-    # spatially correlated 1/f background: independent sources mixed by distance
+    # spatially correlated 1/f background: independent 1/f sources mixed by distance
     d2 = ((xyz[:, None, :] - xyz[None, :, :]) ** 2).sum(-1)
     mix = np.exp(-d2 / (2 * 0.35**2))
     mix /= np.linalg.norm(mix, axis=1, keepdims=True)
-    noise = mix @ _pink(rng, (n_ch, n_samples), sfreq)
-    noise /= noise.std(axis=1, keepdims=True)
-    out = background_uv * noise
-    out += 0.5 * background_uv * rng.standard_normal((n_ch, n_samples))  # sensor noise
+    sources = np.empty((n_ch, n_samples), dtype=np.float32)
+    for i in range(0, n_ch, chunk):
+        sources[i : i + chunk] = _pink(rng, (min(chunk, n_ch - i), n_samples), sfreq)
+    background = mix.astype(np.float32) @ sources
+    del sources
+    background /= background.std(axis=1, keepdims=True)
+
     t = np.arange(n_samples) / sfreq
     post = _posterior_weight(xyz)
     alpha_freq = 9.5 + rng.uniform(0, 1.5)
     envelope = np.abs(_pink(rng, (n_samples,), sfreq, exponent=2.0)) * 0.8 + 0.2
     phase = 2 * np.pi * alpha_freq * t + 0.3 * np.cumsum(rng.standard_normal(n_samples)) / np.sqrt(sfreq)
-    out += alpha_uv * (post[:, None] ** 2) * envelope[None] * np.sin(phase)[None]
-    out += line_uv * (0.5 + rng.uniform(size=(n_ch, 1))) * np.sin(2 * np.pi * 50.0 * t + rng.uniform(0, 2 * np.pi))[None]
-    drift = np.cumsum(rng.standard_normal((n_ch, n_samples // 100 + 2)), axis=1)
-    drift = np.repeat(drift, 100, axis=1)[:, :n_samples]
-    drift = scipy.signal.sosfiltfilt(scipy.signal.butter(2, 0.5, fs=sfreq, output="sos"), drift, axis=1)
-    drift /= max(drift.std(), 1e-12)
-    out += drift_uv * drift
+    alpha = (envelope * np.sin(phase)).astype(np.float32)
+    line_gain = line_uv * (0.5 + rng.uniform(size=n_ch))
+    line = np.sin(2 * np.pi * 50.0 * t + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+    del t, envelope, phase
+    # slow drift: a random walk at 1/100 of the rate, low-passed there, interpolated up
+    step = 100
+    n_low = n_samples // step + 2
+    drift_low = np.cumsum(rng.standard_normal((n_ch, n_low)), axis=1)
+    low_rate = sfreq / step
+    drift_low = scipy.signal.sosfiltfilt(scipy.signal.butter(2, min(0.5, 0.45 * low_rate), fs=low_rate, output="sos"),
+                                        drift_low, axis=1)
+    drift_low /= max(drift_low.std(), 1e-12)
+    low_pos = np.arange(n_low) * step
+    blink = None
     if blink_times is not None and len(blink_times):
-        blink = np.zeros(n_samples)
+        blink = np.zeros(n_samples, dtype=np.float32)
         width = int(0.3 * sfreq)
         shape = np.hanning(width) ** 2
         for s in blink_times.astype(int):
             if 0 <= s < n_samples - width:
                 blink[s : s + width] += shape * (0.7 + 0.6 * rng.uniform())
-        out += blink_uv * frontal[:, None] * blink[None]
-    return out * unit
+    if out is None:
+        out = np.zeros((n_ch, n_samples), dtype=np.float64)
+    positions = np.arange(n_samples)
+    for i in range(0, n_ch, chunk):
+        j = min(i + chunk, n_ch)
+        block = background_uv * background[i:j]
+        block += (0.5 * background_uv) * rng.standard_normal((j - i, n_samples), dtype=np.float32)  # sensor noise
+        block += (alpha_uv * post[i:j, None] ** 2).astype(np.float32) * alpha[None]
+        block += line_gain[i:j, None].astype(np.float32) * line[None]
+        for k in range(i, j):
+            block[k - i] += drift_uv * np.interp(positions, low_pos, drift_low[k]).astype(np.float32)
+        if blink is not None:
+            block += (blink_uv * frontal[i:j, None]).astype(np.float32) * blink[None]
+        out[i:j] += block * unit
+    return out

@@ -27,7 +27,14 @@ import numpy as np
 from .._checks import check_positive, check_type
 from ..data.images import write_image_metadata
 from ..montage import THINGS_EEG2_CHANNELS
-from ..data.things_eeg2 import CATCH_CODE, RawSession, arrange_trials, epoch_session, write_preprocessed, write_raw_session
+from ..data.things_eeg2 import (
+    CATCH_CODE,
+    RawSession,
+    arrange_trials,
+    epoch_session,
+    write_preprocessed,
+    write_raw_array,
+)
 from ..preprocessing import NAMED_SPECS
 from .brain import UV, BrainModel, make_noise
 from .images import image_statistics, make_concept_names, make_concept_styles, render_image
@@ -110,20 +117,23 @@ def _schedule(codes: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> 
 
 
 def _record(brain, model: BrainModel, codes: np.ndarray, amps_by_code: np.ndarray, cfg: SynthConfig,
-            rng: np.random.Generator, frontal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One continuous recording: EEG (63, n) in volts and the stim row."""
+            rng: np.random.Generator, frontal: np.ndarray) -> np.ndarray:
+    """One continuous recording as THINGS stores it: (63 EEG rows in volts + stim row, n)."""
     onsets, codes, n_samples, blinks = _schedule(codes, cfg, rng)
     is_img = codes != CATCH_CODE
     amps = np.zeros((len(codes), amps_by_code.shape[1]))
     amps[is_img] = amps_by_code[codes[is_img] - 1]
-    eeg = brain.continuous(n_samples, onsets, amps, rng)
-    eeg += make_noise(rng, model.xyz, n_samples, cfg.sfreq, frontal=frontal, blink_times=blinks)
-    stim = np.zeros(n_samples)
+    n_eeg = len(model.ch_names)
+    data = np.empty((n_eeg + 1, n_samples), dtype=np.float64)  # filled in place: no full-size copies
+    brain.continuous(n_samples, onsets, amps, rng, out=data[:n_eeg])
+    make_noise(rng, model.xyz, n_samples, cfg.sfreq, frontal=frontal, blink_times=blinks, out=data[:n_eeg])
+    stim = data[n_eeg]
+    stim[:] = 0
     delay = int(round(cfg.trigger_delay * cfg.sfreq))
     width = 5  # trigger pulse length (samples)
     for s, c in zip(onsets + delay, codes):
         stim[s : s + width] = c
-    return eeg, stim
+    return data
 
 
 def generate(
@@ -226,11 +236,11 @@ def generate(
                 "test": rec_rng.permutation(np.repeat(np.arange(1, cfg.n_test_concepts + 1), cfg.test_reps_per_session)),
             }
             for part, codes in runs.items():
-                eeg, stim = _record(brain, model, codes, amps[part], cfg, rec_rng, frontal)
+                data = _record(brain, model, codes, amps[part], cfg, rec_rng, frontal)
                 path = out / "raw_data" / f"sub-{sub:02d}" / f"ses-{ses:02d}" / f"raw_eeg_{part}.npy"
-                write_raw_session(path, eeg, stim, THINGS_EEG2_CHANNELS, cfg.sfreq)
-                session = _session_from_arrays(eeg, stim, part, path, cfg.sfreq)
-                del eeg, stim
+                write_raw_array(path, data, THINGS_EEG2_CHANNELS, cfg.sfreq)
+                session = _session_from_array(data, part, path, cfg.sfreq)
+                del data
                 for v in variants:  # epoch now, so the raw session can be freed
                     epochs[(v, part)].append(epoch_session(session, specs[v]))
                 del session
@@ -265,12 +275,12 @@ def generate(
     return summary
 
 
-def _session_from_arrays(eeg: np.ndarray, stim: np.ndarray, part: str, path: Path, sfreq: float) -> RawSession:
-    """The RawSession the written file would read back as (saves re-reading it)."""
+def _session_from_array(data: np.ndarray, part: str, path: Path, sfreq: float) -> RawSession:
+    """The RawSession the written file reads back as (saves re-reading it; no copy)."""
     import mne
 
     info = mne.create_info(list(THINGS_EEG2_CHANNELS) + ["stim"], sfreq, ["eeg"] * len(THINGS_EEG2_CHANNELS) + ["stim"])
-    raw = mne.io.RawArray(np.vstack([eeg, stim[None]]), info, verbose="error")
+    raw = mne.io.RawArray(data, info, verbose="error")  # float64 C-order: used as is, no copy
     events = mne.find_events(raw, stim_channel="stim", shortest_event=1, consecutive=True, initial_event=True, verbose="error")
     return RawSession(raw=raw, events=events[events[:, 2] != CATCH_CODE], catch_events=events[events[:, 2] == CATCH_CODE],
                       partition=part, source=str(path))
