@@ -64,6 +64,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=15, help="epochs (default 15)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, one-cycle schedule (default 2e-3)")
+    p.add_argument("--color-jitter", type=float, default=0.5,
+                   help="share of batches whose colour channels are swapped and rescaled (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p = sub.add_parser("eval", help="reproduce a run's test metrics from its bundle alone",
@@ -219,7 +221,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import pretrain_backbone
 
     summary = pretrain_backbone(args.data, args.backbone, args.out, image_size=args.image_size, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                                color_jitter=args.color_jitter)
     print(f"pretrained {summary['backbone']} on {summary['images']} images of {summary['classes']} training concepts "
           f"in {summary['seconds']:.0f} s: training accuracy {summary['train_accuracy']:.3f}")
     print(f"weights: {summary['weights']}")

@@ -56,6 +56,7 @@ def pretrain_backbone(
     weight_decay: float = 0.05,
     seed: int = 0,
     device: str = "auto",
+    color_jitter: float = 0.5,
 ) -> dict[str, Any]:
     """Train ``backbone`` (random init) to classify the training concepts of ``data``'s
     image set and write its state dict to ``out`` (safetensors) with ``out``.json beside it.
@@ -74,6 +75,8 @@ def pretrain_backbone(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
+    if not 0 <= color_jitter <= 1:
+        raise ValueError(f"color_jitter must be a probability (0..1), got {color_jitter!r}")
     out = Path(out).expanduser()
     if out.suffix != ".safetensors":
         raise ValueError(f"out must end in .safetensors, got {out.name!r}")
@@ -110,7 +113,14 @@ def pretrain_backbone(
             if torch.rand(1, generator=gen).item() < 0.5:
                 x = x.flip(3)
             shift = torch.randint(-image_size // 8, image_size // 8 + 1, (2,), generator=gen)
-            x = torch.roll(x, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3)).to(dev)
+            x = torch.roll(x, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
+            if color_jitter > 0 and torch.rand(1, generator=gen).item() < color_jitter:
+                # swap colour channels and rescale them: concepts must be told apart by shape and
+                # texture too, not by palette alone (as photographs vary in colour and lighting)
+                perm = torch.randperm(3, generator=gen)
+                gain = 1.0 + 0.3 * (torch.rand(3, generator=gen) - 0.5)
+                x = x[:, perm] * gain[None, :, None, None]
+            x = x.to(dev)
             y = labels[idx].to(dev)
             # train on the first n_classes outputs: the saved state dict keeps timm's own head shape
             logits = model(x)[:, :n_classes]
@@ -132,7 +142,7 @@ def pretrain_backbone(
     os.replace(tmp, out)
     summary = {
         "backbone": backbone, "weights": str(out), "image_size": image_size, "classes": n_classes,
-        "images": len(x_all), "epochs": epochs, "train_accuracy": history[-1]["accuracy"],
+        "images": len(x_all), "epochs": epochs, "color_jitter": color_jitter, "train_accuracy": history[-1]["accuracy"],
         "train_loss": history[-1]["loss"], "history": history, "seconds": round(time.perf_counter() - started, 1),
         "fit_options": f"--backbone {backbone} --weights {out} --image-size {image_size}",
     }
