@@ -194,14 +194,14 @@ def load_fit_data(
         if spec_s.channels != spec_used.channels or train.n_times != test.n_times:
             raise DataFormatError(root, "ch_names", f"subject {s} has other channels or times than subject {subject}")
         train_parts.append(train)
+    for t in train_parts + [test]:
+        t.check_finite()
     # z-score statistics from single training trials (all repetitions, all training subjects)
     stats_src = np.concatenate([np.asarray(t.data).reshape(-1, t.n_channels, t.n_times)[:: max(1, t.n_repetitions * t.n_images // 20000)]
                                 for t in train_parts])
     spec_final = replace(spec_used, norm_mean=None, norm_std=None).with_normalisation(stats_src)
     train_x = np.concatenate([_norm(t.average_repetitions(), spec_final) for t in train_parts])
     train_ids = np.concatenate([t.image_ids for t in train_parts])
-    for t in train_parts + [test]:
-        t.check_finite()
     test_x = _norm(np.asarray(test.data, dtype=np.float32), spec_final)
     return SubjectData(spec=spec_final, train=train_x, train_image_ids=train_ids, test=test_x,
                        test_image_ids=np.asarray(test.image_ids), train_images=train_images, test_images=test_images,

@@ -127,3 +127,33 @@ def test_eval_refuses_data_without_the_bundle_channels(tiny_run, tiny_dataset, t
     (bad / "bundle.json").write_text(json.dumps(config))
     with pytest.raises(DataFormatError, match="missing required channel.*XYZ1"):
         evaluate_bundle(bad, tiny_dataset, 1, cache=cache)
+
+
+def test_meg_trains_and_evaluates_through_the_same_commands(tiny_meg_dataset, tmp_path):
+    meg = tiny_meg_dataset / "THINGS-MEG"
+    cache = tmp_path / "cache"
+    metrics = fit(_config(meg, tmp_path / "meg", cache, source="meg", layers="1", epochs=2, batch_size=32))
+    assert metrics["n_way"] == 8 and metrics["n_repetitions"] == 12
+    bundle = load_bundle(tmp_path / "meg")
+    assert bundle.spec.sfreq == 200 and bundle.n_times == 200
+    assert all(name.startswith(("MLO", "MRO", "MZO", "MLP", "MRP", "MZP")) for name in bundle.spec.channels)
+    again = evaluate_bundle(tmp_path / "meg", meg, 1, cache=cache)
+    assert again["averaged"] == metrics["averaged"] and again["single_trial"] == metrics["single_trial"]
+
+
+def test_non_finite_data_is_refused(tmp_path):
+    from trainer.data import read_preprocessed, write_preprocessed
+    from trainer.synth import SynthConfig, generate
+
+    root = tmp_path / "data"
+    generate(root, SynthConfig(n_train_concepts=12, images_per_concept=2, n_test_concepts=4, n_sessions=2,
+                               test_reps_per_session=2, subjects=1, image_size=32))
+    path = root / "preprocessed_data" / "sub-01" / "preprocessed_eeg_training.npy"
+    trials = read_preprocessed(path, mmap=False)
+    data = np.array(trials.data)
+    data[5, 1, 3, 40] = np.nan
+    import dataclasses
+
+    write_preprocessed(path, dataclasses.replace(trials, data=data))
+    with pytest.raises(DataFormatError, match="non-finite.*image row 5"):
+        fit(_config(root, tmp_path / "run", tmp_path / "cache", source="preprocessed", layers="1", epochs=1))
