@@ -118,10 +118,6 @@ _FIT_HELP = {
 
 
 def _add_fit_parser(sub) -> None:
-    import dataclasses
-
-    from .config import FitConfig
-
     p = sub.add_parser(
         "fit", help="train an encoder by shallow alignment and write a model bundle",
         description="Align an EEG/MEG encoder with a pooled intermediate layer of a frozen timm backbone "
@@ -130,8 +126,19 @@ def _add_fit_parser(sub) -> None:
                     "paper; a --config file (TOML or JSON) may set defaults, flags override it.",
     )
     p.add_argument("--config", type=Path, default=None, help="TOML/JSON file of defaults (keys = option names with _)")
+    _add_config_options(p, required=("data", "out"))
+
+
+def _add_config_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+    """One option per FitConfig field (fit and sweep share them); None means 'not given'."""
+    import dataclasses
+
+    from .config import FitConfig
+
     defaults = FitConfig()
     for f in dataclasses.fields(FitConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         text = _FIT_HELP.get(f.name, "")
@@ -141,18 +148,29 @@ def _add_fit_parser(sub) -> None:
         elif f.name == "inter":
             p.add_argument(flag, dest="inter", action="store_true", default=None, help=text)
         else:
-            kind = type(default) if default != "" else str
-            p.add_argument(flag, dest=f.name, type=kind, default=None,
+            p.add_argument(flag, dest=f.name, type=type(default) if default != "" else str, default=None,
                            help=f"{text} (default: {default!r})" if default != "" else text,
-                           required=f.name in ("data", "out"))
+                           required=f.name in required)
+
+
+def _config_values(args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> dict:
+    """Settings from --config, overridden by the options given on the command line."""
+    import dataclasses
+
+    from .config import FitConfig
+
+    values = FitConfig.from_file(args.config) if args.config else {}
+    for f in dataclasses.fields(FitConfig):
+        value = None if f.name in skip else getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = str(value) if isinstance(value, Path) else value
+    return values
 
 
 _SWEEP_OWN = ("data", "out", "subject", "backbone", "layer", "layers", "seed")
 
 
 def _add_sweep_parser(sub) -> None:
-    import dataclasses
-
     from .config import FitConfig
 
     p = sub.add_parser(
@@ -173,20 +191,7 @@ def _add_sweep_parser(sub) -> None:
                         "(default auto; the final layer is included by all/auto)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     p.add_argument("--config", type=Path, default=None, help="TOML/JSON file of training defaults")
-    defaults = FitConfig()
-    for f in dataclasses.fields(FitConfig):
-        if f.name in _SWEEP_OWN:
-            continue
-        default = getattr(defaults, f.name)
-        text = _FIT_HELP.get(f.name, "")
-        if f.name == "learn_temperature":
-            p.add_argument("--fixed-temperature", dest="learn_temperature", action="store_false", default=None,
-                           help="keep the temperature fixed at --temperature")
-        elif f.name == "inter":
-            p.add_argument("--inter", dest="inter", action="store_true", default=None, help=text)
-        else:
-            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(default) if default != "" else str,
-                           default=None, help=f"{text} (default: {default!r})" if default != "" else text)
+    _add_config_options(p, skip=_SWEEP_OWN)
 
 
 def _int_list(text: str, name: str) -> list[int]:
@@ -197,16 +202,10 @@ def _int_list(text: str, name: str) -> list[int]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .config import FitConfig
     from .sweep import sweep
 
-    values = FitConfig.from_file(args.config) if args.config else {}
-    for f in dataclasses.fields(FitConfig):
-        value = getattr(args, f.name, None) if f.name not in _SWEEP_OWN else None
-        if value is not None:
-            values[f.name] = str(value) if isinstance(value, Path) else value
+    values = _config_values(args, skip=_SWEEP_OWN)
     values.update(data=str(args.data), out=str(args.out))
     base = FitConfig(**values).validate()
     rows = sweep(base, backbones=[b.strip() for b in args.backbones.split(",") if b.strip()],
@@ -231,16 +230,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .config import FitConfig
     from .fit import fit
 
-    values = FitConfig.from_file(args.config) if args.config else {}
-    for f in dataclasses.fields(FitConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            values[f.name] = str(value) if isinstance(value, Path) else value
+    values = _config_values(args)
     cfg = FitConfig(**values)
     metrics = fit(cfg)
     _print_metrics(metrics, header=f"run {cfg.out}: layer {metrics['layer']}, validation top-1 {metrics['val_top1']:.3f}")

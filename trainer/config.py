@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .datasets import SOURCES
 
-__all__ = ["FitConfig", "default_cache_dir", "parse_layer"]
+__all__ = ["FitConfig", "default_cache_dir", "layer_list", "parse_layer"]
 
 
 def default_cache_dir() -> Path:
@@ -126,3 +126,26 @@ def parse_layer(value: str | int) -> str | int:
         raise ValueError(f"layer must be 'auto', 'final' or a block index, got {value!r}") from None
 
 
+
+
+def layer_list(spec: str, n_layers: int, *, name: str = "layers") -> list[str | int]:
+    """Layers named by ``spec``: 'all' blocks, 'auto' (every stage of a CNN, ~10 evenly
+    spaced blocks of a ViT, as the paper sweeps), 'final', a block index, or a
+    comma-separated list; 'all' and 'auto' include the final layer.  Indices may count
+    from the end; out-of-range ones raise ValueError with the valid range."""
+    import numpy as np
+
+    if spec == "all":
+        return list(range(n_layers)) + ["final"]
+    if spec == "auto":
+        idx = range(n_layers) if n_layers <= 10 else np.unique(np.round(np.linspace(0, n_layers - 1, 10)).astype(int))
+        return [int(k) for k in idx] + ["final"]
+    out: list[str | int] = []
+    for part in str(spec).split(","):
+        k = parse_layer(part.strip())
+        if k == "auto":
+            raise ValueError(f"{name}: give 'all', 'auto' or block indices and/or 'final', got {spec!r}")
+        if isinstance(k, int) and not -n_layers <= k < n_layers:
+            raise ValueError(f"{name}: {k} is out of range: valid 0..{n_layers - 1} (or 'final')")
+        out.append(k if k == "final" else k % n_layers)
+    return list(dict.fromkeys(out))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .bundle import save_bundle
-from .config import FitConfig, default_cache_dir, parse_layer
+from .config import FitConfig, default_cache_dir, layer_list, parse_layer
 from .data.splits import validation_split
 from .datasets import SubjectData, load_fit_data
 from .losses import clip_loss
@@ -42,26 +42,11 @@ CHECKPOINT_SECONDS = 30.0
 
 
 def _candidate_layers(cfg: FitConfig, n_layers: int) -> list[str | int]:
+    """--layer K / final trains that layer; --layer auto the --layers list, or the paper's sweep."""
     layer = parse_layer(cfg.layer)
-    if layer == "final":
-        return ["final"]
-    if isinstance(layer, int):
-        if not -n_layers <= layer < n_layers:
-            raise ValueError(f"layer {layer} is out of range for {cfg.backbone}: valid 0..{n_layers - 1} (or 'final')")
-        return [layer % n_layers]
-    if cfg.layers:
-        out: list[str | int] = []
-        for part in cfg.layers.split(","):
-            k = parse_layer(part.strip())
-            if k == "auto":
-                raise ValueError("layers: list block indices and/or 'final'")
-            if isinstance(k, int) and not -n_layers <= k < n_layers:
-                raise ValueError(f"layers: {k} is out of range for {cfg.backbone}: valid 0..{n_layers - 1}")
-            out.append(k if k == "final" else k % n_layers)
-        return list(dict.fromkeys(out))
-    # the paper's sweep: every stage of a CNN, ~10 evenly spaced blocks of a ViT, and the final layer
-    idx = range(n_layers) if n_layers <= 10 else np.unique(np.round(np.linspace(0, n_layers - 1, 10)).astype(int))
-    return [int(k) for k in idx] + ["final"]
+    if layer == "auto":
+        return layer_list(cfg.layers or "auto", n_layers, name=f"layers ({cfg.backbone})")
+    return layer_list(str(layer), n_layers, name=f"layer ({cfg.backbone})")
 
 
 def _layer_key(layer: str | int) -> str:

@@ -21,28 +21,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import FitConfig, default_cache_dir, parse_layer
+from .config import FitConfig, default_cache_dir, layer_list
 
 __all__ = ["sweep", "write_report"]
 
 logger = logging.getLogger("trainer")
-
-
-def _layers_for(spec: str, n_layers: int) -> list[str | int]:
-    if spec == "all":
-        return list(range(n_layers)) + ["final"]
-    if spec == "auto":
-        idx = range(n_layers) if n_layers <= 10 else np.unique(np.round(np.linspace(0, n_layers - 1, 10)).astype(int))
-        return [int(k) for k in idx] + ["final"]
-    out: list[str | int] = []
-    for part in spec.split(","):
-        k = parse_layer(part.strip())
-        if k == "auto":
-            raise ValueError("layers: give 'all', 'auto' or a list of block indices and/or 'final'")
-        if isinstance(k, int) and not -n_layers <= k < n_layers:
-            raise ValueError(f"layers: {k} is out of range: valid 0..{n_layers - 1} (or 'final')")
-        out.append(k if k == "final" else k % n_layers)
-    return list(dict.fromkeys(out))
 
 
 def sweep(
@@ -72,7 +55,7 @@ def sweep(
     for name in backbones:
         backbone = load_backbone(name, base.weights, device=base.device, seed=0,
                                  model_kwargs={"img_size": base.image_size} if base.image_size else None)
-        swept = _layers_for(layers, backbone.n_layers)
+        swept = layer_list(layers, backbone.n_layers)
         # one pass over the images for every swept layer; the runs then read the cache
         data = load_fit_data(base.data, subjects[0], source=base.source, spec=base.spec, cache_dir=cache / "epochs")
         image_features(backbone, dataclasses.replace(base, backbone=name), data.train_images, data.test_images, swept, cache)

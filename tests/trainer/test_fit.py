@@ -157,3 +157,18 @@ def test_non_finite_data_is_refused(tmp_path):
     write_preprocessed(path, dataclasses.replace(trials, data=data))
     with pytest.raises(DataFormatError, match="non-finite.*image row 5"):
         fit(_config(root, tmp_path / "run", tmp_path / "cache", source="preprocessed", layers="1", epochs=1))
+
+
+def test_config_file_sets_defaults_and_flags_override(tiny_dataset, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    toml = tmp_path / "train.toml"
+    toml.write_text(f'backbone = "vit_tiny_patch16_224"\nweights = "random"\nimage_size = 32\nlayers = "1"\n'
+                    f'epochs = 5\nbatch_size = 128\nproj_dim = 16\nembed_dim = 32\ncache = "{cache}"\n')
+    out = tmp_path / "run"
+    assert main(["fit", "--config", str(toml), "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1"]) == 0
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["epochs"] == 1 and resolved["proj_dim"] == 16 and resolved["backbone"] == "vit_tiny_patch16_224"
+    assert "20-way zero-shot retrieval" in capsys.readouterr().out
+    toml.write_text('epoks = 3\n')
+    assert main(["fit", "--config", str(toml), "--data", str(tiny_dataset), "--out", str(out)]) == 2
+    assert "unknown setting(s) epoks" in capsys.readouterr().err
