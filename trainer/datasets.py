@@ -187,10 +187,17 @@ def load_fit_data(
     if not train_subjects:
         raise DataFormatError(root, "subject", "--inter needs at least one other subject to train on")
 
-    _, test, spec_used = _subject_trials(ds, root, subject, source, spec, cache, test_repetitions)
+    loaded: dict[int, tuple[TrialSet, TrialSet, PreprocessingSpec]] = {}
+
+    def trials_of(s: int) -> tuple[TrialSet, TrialSet, PreprocessingSpec]:
+        if s not in loaded:  # each subject's files are read once
+            loaded[s] = _subject_trials(ds, root, s, source, spec, cache, test_repetitions)
+        return loaded[s]
+
+    _, test, spec_used = trials_of(subject)
     train_parts = []
     for s in train_subjects:
-        train, _, spec_s = _subject_trials(ds, root, s, source, spec, cache, test_repetitions)
+        train, _, spec_s = trials_of(s)
         if spec_s.channels != spec_used.channels or train.n_times != test.n_times:
             raise DataFormatError(root, "ch_names", f"subject {s} has other channels or times than subject {subject}")
         train_parts.append(train)
