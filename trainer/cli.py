@@ -64,8 +64,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=15, help="epochs (default 15)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, one-cycle schedule (default 2e-3)")
-    p.add_argument("--color-jitter", type=float, default=0.5,
-                   help="share of batches whose colour channels are swapped and rescaled (default 0.5)")
+    p.add_argument("--color-jitter", type=float, default=1.0,
+                   help="share of batches whose colour channels are swapped and rescaled (default 1.0)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p = sub.add_parser("eval", help="reproduce a run's test metrics from its bundle alone",

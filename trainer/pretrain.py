@@ -56,7 +56,7 @@ def pretrain_backbone(
     weight_decay: float = 0.05,
     seed: int = 0,
     device: str = "auto",
-    color_jitter: float = 0.5,
+    color_jitter: float = 1.0,
 ) -> dict[str, Any]:
     """Train ``backbone`` (random init) to classify the training concepts of ``data``'s
     image set and write its state dict to ``out`` (safetensors) with ``out``.json beside it.
