@@ -29,7 +29,7 @@ import torch
 from .errors import DataFormatError
 from .preprocessing import PreprocessingSpec
 
-__all__ = ["BUNDLE_FORMAT", "Bundle", "GalleryItem", "load_bundle", "save_bundle"]
+__all__ = ["BUNDLE_FORMAT", "Bundle", "GalleryItem", "load_bundle", "retarget_bundle", "save_bundle"]
 
 BUNDLE_FORMAT = 1
 THUMBNAIL_SIZE = 128
@@ -113,6 +113,30 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_gallery(out: Path, emb: torch.Tensor, ids: Sequence[int], concepts: Sequence[str], files: Sequence[str],
+                   images: Sequence[Any] | None) -> None:
+    """gallery.safetensors, gallery.json and thumbnails/ of a bundle folder."""
+    from safetensors.torch import save_file
+
+    save_file({"embeddings": emb.contiguous(), "ids": torch.as_tensor(np.asarray(ids, dtype=np.int64))},
+              str(out / "gallery.safetensors"))
+    thumbs = out / "thumbnails"
+    if thumbs.exists():
+        shutil.rmtree(thumbs)
+    thumbs.mkdir()
+    items = []
+    for i in range(len(ids)):
+        thumb = ""
+        if images is not None:
+            image = images[i]() if callable(images[i]) else images[i]
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            thumb = f"thumbnails/{int(ids[i]):05d}.jpg"
+            image.save(out / thumb, quality=90)
+        items.append({"id": int(ids[i]), "concept": str(concepts[i]), "file": str(files[i]), "thumbnail": thumb})
+    _atomic_write_text(out / "gallery.json", json.dumps({"items": items}, indent=1) + "\n")
+
+
 def save_bundle(
     out: str | Path,
     *,
@@ -149,25 +173,8 @@ def save_bundle(
     tensors = {f"brain.{k}": v.detach().contiguous() for k, v in model.brain.state_dict().items()}
     tensors.update({f"image_projector.{k}": v.detach().contiguous() for k, v in model.image_projector.state_dict().items()})
     save_file(tensors, str(out / "encoder.safetensors"))
-    save_file({"embeddings": emb, "ids": torch.as_tensor(np.asarray(gallery_ids, dtype=np.int64))},
-              str(out / "gallery.safetensors"))
 
-    thumbs = out / "thumbnails"
-    if thumbs.exists():
-        shutil.rmtree(thumbs)
-    thumbs.mkdir()
-    items = []
-    for i in range(n):
-        thumb = ""
-        if gallery_images is not None:
-            image = gallery_images[i]() if callable(gallery_images[i]) else gallery_images[i]
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            thumb = f"thumbnails/{int(gallery_ids[i]):05d}.jpg"
-            image.save(out / thumb, quality=90)
-        items.append({"id": int(gallery_ids[i]), "concept": str(gallery_concepts[i]), "file": str(gallery_files[i]),
-                      "thumbnail": thumb})
-    _atomic_write_text(out / "gallery.json", json.dumps({"items": items}, indent=1) + "\n")
+    _write_gallery(out, emb, gallery_ids, gallery_concepts, gallery_files, gallery_images)
 
     temperature = float(model.logit_scale.temperature)
     config = {
@@ -322,3 +329,76 @@ def load_bundle(path: str | Path) -> Bundle:
         items.append(item)
     return Bundle(path=path, config=config, spec=spec, brain=brain, gallery=emb.astype(np.float32), gallery_ids=ids,
                   items=items, temperature=temperature, image_projector_state=image_state)
+
+
+def retarget_bundle(
+    bundle_path: str | Path,
+    out: str | Path,
+    images: Sequence[str | Path],
+    *,
+    ids: Sequence[int] | None = None,
+    concepts: Sequence[str] | None = None,
+    weights: str | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> Path:
+    """Copy a bundle to ``out`` with a new gallery: the given image files, embedded with the
+    bundle's backbone, layer, pooling and image projector.
+
+    The backbone's weights must be the ones the bundle was trained with (checked by their
+    id); ``weights`` overrides where they are loaded from (default: as recorded).  ``ids``
+    default to 1..N (the marker codes the app will match), ``concepts`` to each file's
+    parent folder name.
+    """
+    from .errors import BCIError
+    from .vision import extract_features, load_backbone
+
+    bundle = load_bundle(bundle_path)
+    out = Path(out).expanduser()
+    if out.resolve() == bundle.path.resolve():
+        raise ValueError("out must be a new folder, not the bundle itself")
+    paths = [Path(p) for p in images]
+    if not paths:
+        raise ValueError("images: no image files given")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataFormatError(missing[0], None, "image file not found")
+    ids = list(range(1, len(paths) + 1)) if ids is None else [int(i) for i in ids]
+    concepts = [p.parent.name for p in paths] if concepts is None else list(concepts)
+    if len(ids) != len(paths) or len(concepts) != len(paths) or len(set(ids)) != len(ids):
+        raise ValueError("ids and concepts must give one unique id and one concept per image")
+    if not bundle.image_projector_state:
+        raise DataFormatError(bundle.path / "encoder.safetensors", "image_projector", "missing: this bundle cannot be re-targeted")
+    info = bundle.config["backbone"]
+    size = info.get("image_size") or 0
+    backbone = load_backbone(info["name"], weights or info.get("weights", "hub"), device=device, seed=0,
+                             model_kwargs={"img_size": size} if size else None)
+    if info.get("weights_id") and backbone.weights_id != info["weights_id"]:
+        raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
+                       f"({info['weights_id']}); pass the same weights file with --weights")
+    layer = bundle.config["layer"]
+    key = "final" if layer == "final" else f"layer_{layer}"
+    feats = extract_features(backbone, paths, [layer], pooling=bundle.config["pooling"], batch_size=batch_size)[key]
+    projector = torch.nn.Linear(feats.shape[1], bundle.gallery.shape[1])
+    try:
+        projector.load_state_dict(bundle.image_projector_state)
+    except RuntimeError as err:
+        raise DataFormatError(bundle.path / "encoder.safetensors", "image_projector", f"does not fit the features ({err})") from None
+    with torch.inference_mode():
+        emb = torch.nn.functional.normalize(projector(torch.from_numpy(feats)), dim=1)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(bundle.path / "encoder.safetensors", out / "encoder.safetensors")
+    from PIL import Image
+
+    def opener(p: Path):
+        def load():
+            with Image.open(p) as image:
+                return image.convert("RGB")
+
+        return load
+
+    _write_gallery(out, emb, ids, concepts, [str(p) for p in paths], [opener(p) for p in paths])
+    config = dict(bundle.config)
+    config["provenance"] = dict(config.get("provenance", {}), retargeted_from=str(bundle.path), gallery_images=len(paths))
+    _atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
+    return out

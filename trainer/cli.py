@@ -80,6 +80,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=None, help="cache folder (default: $SHALLOW_BCI_CACHE or ~/.cache/shallow-bci)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
+    p = sub.add_parser("retarget", help="copy a bundle with a new gallery of images",
+                       description="Embed other candidate images with the bundle's backbone, layer, pooling and "
+                                   "image projector, and write a copy of the bundle with that gallery (ids 1..N in "
+                                   "file-name order; concept = each image's folder name). Needs the backbone "
+                                   "weights the bundle was trained with.")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder")
+    p.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively: jpg, jpeg, png)")
+    p.add_argument("--out", type=Path, required=True, help="new bundle folder")
+    p.add_argument("--weights", default=None, help="where to load the backbone weights from (default: as recorded)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
     p = sub.add_parser("info", help="show what a THINGS-EEG2 folder (real or synthetic) contains",
                        description="List subjects, raw sessions, preprocessed files, images and MEG files of a data folder.")
     p.add_argument("data", type=Path, help="data folder")
@@ -263,6 +274,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retarget(args: argparse.Namespace) -> int:
+    from .bundle import retarget_bundle
+
+    if not args.images.is_dir():
+        raise FileNotFoundError(f"--images: {args.images} is not a folder")
+    paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.is_file())
+    if not paths:
+        raise ValueError(f"--images: no .jpg/.jpeg/.png files in {args.images}")
+    out = retarget_bundle(args.bundle, args.out, paths, weights=args.weights, device=args.device)
+    print(f"wrote {out} with a gallery of {len(paths)} images")
+    return 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -317,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     commands = {"synth": _cmd_synth, "info": _cmd_info, "fit": _cmd_fit, "eval": _cmd_eval, "sweep": _cmd_sweep,
-                "pretrain": _cmd_pretrain}
+                "pretrain": _cmd_pretrain, "retarget": _cmd_retarget}
     try:
         return commands[args.command](args)
     except (BCIError, ValueError, TypeError, FileNotFoundError, PermissionError) as err:

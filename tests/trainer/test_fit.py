@@ -172,3 +172,40 @@ def test_config_file_sets_defaults_and_flags_override(tiny_dataset, tmp_path, ca
     toml.write_text('epoks = 3\n')
     assert main(["fit", "--config", str(toml), "--data", str(tiny_dataset), "--out", str(out)]) == 2
     assert "unknown setting(s) epoks" in capsys.readouterr().err
+
+
+def test_retarget_to_the_same_images_reproduces_the_gallery(tiny_run, tiny_dataset, tmp_path, capsys):
+    run, _, _ = tiny_run
+    images = sorted((tiny_dataset / "image_set" / "test_images").glob("*/*.jpg"))
+    assert main(["retarget", "--bundle", str(run), "--images", str(tiny_dataset / "image_set" / "test_images"),
+                 "--out", str(tmp_path / "same")]) == 0
+    original, same = load_bundle(run), load_bundle(tmp_path / "same")
+    np.testing.assert_allclose(same.gallery, original.gallery, atol=1e-5)
+    assert same.gallery_ids.tolist() == original.gallery_ids.tolist()
+    assert [i.concept for i in same.items] == [p.parent.name for p in images]
+    # a smaller gallery of other images (training images), embedded by the same model
+    from trainer.bundle import retarget_bundle
+
+    train = sorted((tiny_dataset / "image_set" / "training_images").glob("*/*.jpg"))[:7]
+    small = load_bundle(retarget_bundle(run, tmp_path / "other", train, ids=[11, 12, 13, 14, 15, 16, 17]))
+    assert small.gallery.shape == (7, original.gallery.shape[1]) and small.gallery_ids[0] == 11
+    x = np.random.default_rng(0).standard_normal((2, 17, 250)).astype(np.float32)
+    np.testing.assert_allclose(small.embed(x), original.embed(x), atol=1e-6)  # same brain encoder
+
+
+def test_retarget_refuses_other_weights(tiny_run, tiny_dataset, tmp_path):
+    import json as _json
+
+    run, _, _ = tiny_run
+    import shutil
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(run, bad, ignore=shutil.ignore_patterns("checkpoints"))
+    config = _json.loads((bad / "bundle.json").read_text())
+    config["backbone"]["weights_id"] = "file-0123456789abcdef"
+    (bad / "bundle.json").write_text(_json.dumps(config))
+    from trainer.bundle import retarget_bundle
+
+    images = sorted((tiny_dataset / "image_set" / "test_images").glob("*/*.jpg"))[:3]
+    with pytest.raises(BCIError, match="not the ones the bundle was trained with"):
+        retarget_bundle(bad, tmp_path / "out", images)
