@@ -111,6 +111,18 @@ def _mean_by(rows: list[dict], keys: tuple[str, ...], value: str) -> dict[tuple,
     return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
+def _save_plot(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(rows: list[dict], out: Path) -> None:
     """``sweep.csv``, ``sweep.md`` and the plots ``top1_vs_depth.png`` and (with several
     backbones) ``top1_vs_params.png``."""
@@ -156,13 +168,8 @@ def write_report(rows: list[dict], out: Path) -> None:
         line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=b)[0]
         if (b, "final") in test:
             ax.plot([1.05], [test[(b, "final")]], marker="*", markersize=12, color=line.get_color(), linestyle="none")
-    ax.set_xlabel("relative depth of the aligned layer (star: final layer)")
-    ax.set_ylabel("test top-1 (averaged repetitions)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "top1_vs_depth.png", dpi=120)
-    plt.close(fig)
+    _save_plot(fig, ax, out / "top1_vs_depth.png", "relative depth of the aligned layer (star: final layer)",
+               "test top-1 (averaged repetitions)")
 
     if len(summary) >= 2:
         x = np.log([s[1] for s in summary])
@@ -178,13 +185,7 @@ def write_report(rows: list[dict], out: Path) -> None:
             ax.scatter(fx, fy, marker="*", label=f"final layer (r = {r_final:.2f})")
         for xi, s in zip(x, summary):
             ax.annotate(s[0], (xi, s[3]), fontsize=6)
-        ax.set_xlabel("ln(parameters)")
-        ax.set_ylabel("test top-1")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "top1_vs_params.png", dpi=120)
-        plt.close(fig)
+        _save_plot(fig, ax, out / "top1_vs_params.png", "ln(parameters)", "test top-1")
         lines += ["", f"Correlation of test top-1 with ln(parameters): best intermediate layer r = {r_best:.2f}, "
                       f"final layer r = {r_final:.2f}."]
     lines += ["", "![top-1 vs depth](top1_vs_depth.png)"]
