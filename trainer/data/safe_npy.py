@@ -1,7 +1,7 @@
 """Restricted reading (and plain writing) of the THINGS ``.npy`` files that hold a pickled dict.
 
 ``numpy.save(path, some_dict)`` writes a ``.npy`` header followed by a *pickle* of a 0-d
-object array.  Unpickling such a file with ``numpy.load(..., allow_pickle=True)`` runs
+object array.  Unpickling such a file with ``numpy.load`` and pickles allowed runs
 whatever callable the file names.  :func:`load_npy_dict` instead unpickles with an
 allow-list: numpy arrays, dtypes and numpy scalars, plus the plain containers and scalars
 that pickle builds without calling anything (dict, list, tuple, str, bytes, int, float,
