@@ -206,11 +206,20 @@ def _need(config: dict, key: str, types: type | tuple, source: Path, *, check=No
     return value
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load and validate a bundle folder; errors name the file and the field at fault."""
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise DataFormatError(path, None, "missing") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DataFormatError(path, None, f"unreadable ({err})") from None
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and validate a bundle folder; errors name the file and the field at fault."""
     from .encoders import list_encoders
     from .model import BrainEmbedder
 
@@ -258,12 +267,7 @@ def load_bundle(path: str | Path) -> Bundle:
     except (TypeError, ValueError) as err:
         raise DataFormatError(cfg_path, "encoder", f"cannot build the encoder ({err})") from None
     weights_path = path / "encoder.safetensors"
-    try:
-        tensors = load_file(str(weights_path))
-    except FileNotFoundError:
-        raise DataFormatError(weights_path, None, "missing") from None
-    except (SafetensorError, OSError, ValueError) as err:
-        raise DataFormatError(weights_path, None, f"unreadable ({err})") from None
+    tensors = _read_tensors(weights_path)
     brain_state = {k[len("brain."):]: v for k, v in tensors.items() if k.startswith("brain.")}
     expected = brain.state_dict()
     missing = sorted(set(expected) - set(brain_state))
@@ -283,12 +287,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise DataFormatError(weights_path, "image_projector.weight", f"must be ({proj_dim}, {feature_dim})")
 
     gal_path = path / "gallery.safetensors"
-    try:
-        gal = load_file(str(gal_path))
-    except FileNotFoundError:
-        raise DataFormatError(gal_path, None, "missing") from None
-    except (SafetensorError, OSError, ValueError) as err:
-        raise DataFormatError(gal_path, None, f"unreadable ({err})") from None
+    gal = _read_tensors(gal_path)
     for key in ("embeddings", "ids"):
         if key not in gal:
             raise DataFormatError(gal_path, key, "missing")
@@ -388,16 +387,9 @@ def retarget_bundle(
         emb = torch.nn.functional.normalize(projector(torch.from_numpy(feats)), dim=1)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(bundle.path / "encoder.safetensors", out / "encoder.safetensors")
-    from PIL import Image
+    from .data.images import open_rgb
 
-    def opener(p: Path):
-        def load():
-            with Image.open(p) as image:
-                return image.convert("RGB")
-
-        return load
-
-    _write_gallery(out, emb, ids, concepts, [str(p) for p in paths], [opener(p) for p in paths])
+    _write_gallery(out, emb, ids, concepts, [str(p) for p in paths], [(lambda p=p: open_rgb(p)) for p in paths])
     config = dict(bundle.config)
     config["provenance"] = dict(config.get("provenance", {}), retargeted_from=str(bundle.path), gallery_images=len(paths))
     _atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")

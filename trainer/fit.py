@@ -194,13 +194,29 @@ class LayerResult:
     state: dict = field(default_factory=dict, repr=False)
 
 
+@dataclass
+class _Split:
+    """Training EEG split into fit and validation rows, put on the device once for all layers."""
+
+    x_fit: torch.Tensor
+    fit_images: np.ndarray
+    x_val: np.ndarray
+    val_images: np.ndarray
+    val_targets: np.ndarray
+
+    @classmethod
+    def of(cls, data: SubjectData, fit_rows: np.ndarray, val_rows: np.ndarray, device: torch.device) -> "_Split":
+        val_images, val_targets = np.unique(data.train_image_ids[val_rows], return_inverse=True)
+        return cls(x_fit=torch.from_numpy(data.train[fit_rows]).to(device), fit_images=data.train_image_ids[fit_rows],
+                   x_val=data.train[val_rows], val_images=val_images, val_targets=val_targets)
+
+
 def _train_layer(
     cfg: FitConfig,
     layer: str | int,
     data: SubjectData,
     features: np.ndarray,
-    fit_rows: np.ndarray,
-    val_rows: np.ndarray,
+    split: _Split,
     device: torch.device,
     ckpt_dir: Path,
     fingerprint: str,
@@ -214,11 +230,9 @@ def _train_layer(
                            learn_temperature=cfg.learn_temperature).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # the whole training set lives on the device as tensors: no per-sample Python loop
-    x_fit = torch.from_numpy(data.train[fit_rows]).to(device)
-    f_fit = torch.from_numpy(features[data.train_image_ids[fit_rows]]).to(device)
-    x_val = data.train[val_rows]
-    val_images, val_targets = np.unique(data.train_image_ids[val_rows], return_inverse=True)
-    f_val = torch.from_numpy(features[val_images]).to(device)
+    x_fit, x_val, val_targets = split.x_fit, split.x_val, split.val_targets
+    f_fit = torch.from_numpy(features[split.fit_images]).to(device)
+    f_val = torch.from_numpy(features[split.val_images]).to(device)
 
     ckpt = ckpt_dir / f"{_layer_key(layer)}.safetensors"
     result = LayerResult(layer=layer, best_val_top1=-1.0, best_epoch=-1)
@@ -230,7 +244,7 @@ def _train_layer(
         start = int(info["epoch"]) + 1
         result.best_val_top1, result.best_epoch, result.history = info["best_val_top1"], info["best_epoch"], info["history"]
         logger.info("%s: resuming after epoch %d", _layer_key(layer), start)
-    n = len(fit_rows)
+    n = len(x_fit)
     n_batches = max(1, math.ceil(n / cfg.batch_size))
     gen = torch.Generator().manual_seed(cfg.seed)
     for _ in range(start):  # keep the shuffling sequence of an uninterrupted run
@@ -338,9 +352,10 @@ def fit(cfg: FitConfig) -> dict[str, Any]:
     fit_rows, val_rows = validation_split(concepts, fraction=cfg.val_fraction, seed=cfg.seed)
     results = []
     best: tuple[LayerResult, AlignmentModel] | None = None
+    split = _Split.of(data, fit_rows, val_rows, device)
+    extra = {"backbone": backbone.weights_id, "n_train": len(data.train), "spec": data.spec.to_dict()}
     for layer, key in zip(candidates, keys):
-        extra = {"backbone": backbone.weights_id, "n_train": len(data.train), "spec": data.spec.to_dict()}
-        res, model = _train_layer(cfg, layer, data, feats_train[key], fit_rows, val_rows, device,
+        res, model = _train_layer(cfg, layer, data, feats_train[key], split, device,
                                   out / "checkpoints", _fingerprint(cfg, key, extra))
         results.append(res)
         logger.info("%s (depth %s): best validation top-1 %.3f at epoch %d", key,

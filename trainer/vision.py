@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from ._checks import check_option, check_path, check_positive, check_type
-from .errors import BCIError, DataFormatError
+from .data.images import open_rgb
+from .errors import BCIError
 
 __all__ = [
     "Backbone",
@@ -438,14 +439,7 @@ def _image_source(images) -> tuple[int, Callable[[int], Any]]:
         if isinstance(item, Image.Image):
             return item if item.mode == "RGB" else item.convert("RGB")
         if isinstance(item, (str, os.PathLike)):
-            try:
-                with Image.open(item) as im:
-                    im.load()
-                    return im.convert("RGB")
-            except FileNotFoundError:
-                raise DataFormatError(item, None, f"image {i} is missing") from None
-            except OSError as err:
-                raise DataFormatError(item, None, f"unreadable image ({err})") from None
+            return open_rgb(item, f"image {i}")
         raise TypeError(f"images[{i}] must be a PIL image or a path, got {type(item).__name__}")
 
     return len(images), load

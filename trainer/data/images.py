@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import DataFormatError
 from .safe_npy import load_npy_dict, save_npy_dict
 
-__all__ = ["ImageSet", "METADATA_KEYS", "load_image_set", "read_image_metadata", "write_image_metadata"]
+__all__ = ["ImageSet", "METADATA_KEYS", "load_image_set", "open_rgb", "read_image_metadata", "write_image_metadata"]
 
 _PREFIX = {"training": "train", "test": "test"}
 METADATA_KEYS = tuple(f"{p}_img_{k}" for p in ("train", "test") for k in ("concepts", "files", "concepts_THINGS"))
@@ -86,17 +86,22 @@ class ImageSet:
 
     def open(self, index: int):
         """The image as an RGB ``PIL.Image``; unreadable files raise DataFormatError."""
-        from PIL import Image, UnidentifiedImageError
+        return open_rgb(self.path(index), f"image {index} of the {self.partition} set")
 
-        p = self.path(index)
-        try:
-            with Image.open(p) as im:
-                im.load()
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise DataFormatError(p, None, f"image {index} of the {self.partition} set is missing") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise DataFormatError(p, None, f"unreadable image ({err})") from None
+
+def open_rgb(path: str | Path, what: str = "image"):
+    """An image file as an RGB ``PIL.Image`` (file closed); a missing or unreadable file
+    raises DataFormatError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataFormatError(path, None, f"{what} is missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataFormatError(path, None, f"unreadable image ({err})") from None
 
 
 def _str_list(value: Any, path: Path, field: str) -> tuple[str, ...]:

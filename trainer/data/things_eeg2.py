@@ -418,6 +418,7 @@ class ThingsEEG2:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataFormatError(self.root, None, "data folder not found")
+        self._image_sets: dict = {}
 
     @property
     def image_root(self) -> Path:
@@ -458,9 +459,12 @@ class ThingsEEG2:
         return paths
 
     def image_set(self, partition: str):
+        """The partition's ImageSet, read and checked once per instance (16 740 files)."""
         from .images import load_image_set
 
-        return load_image_set(self.image_root, partition)
+        if partition not in self._image_sets:
+            self._image_sets[partition] = load_image_set(self.image_root, partition)
+        return self._image_sets[partition]
 
     def preprocessed(self, subject: int, partition: str, *, folder: str = "preprocessed_data", **kwargs) -> TrialSet:
         n_images = kwargs.pop("n_images", None)

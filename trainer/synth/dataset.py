@@ -222,11 +222,10 @@ def generate(
     n_train = cfg.n_train_images
     halves = np.arange(n_train) % 2 if cfg.n_sessions > 1 else np.zeros(n_train, dtype=int)
     reps_train = 2 if cfg.n_sessions > 1 else 1
-    summary_subjects = []
+    specs = {v: NAMED_SPECS[v].resolve(THINGS_EEG2_CHANNELS) for v in variants}
     for sub in range(1, cfg.subjects + 1):
         brain = model.subject(sub, seed=seed)
         amps = {p: brain.source_amplitudes(low[p], att[p]) for p in low}
-        specs = {v: NAMED_SPECS[v].resolve(THINGS_EEG2_CHANNELS) for v in variants}
         epochs: dict[tuple[str, str], list] = {(v, p): [] for v in variants for p in ("training", "test")}
         for ses in range(1, cfg.n_sessions + 1):
             rec_rng = np.random.default_rng([seed, 3, sub, ses])
@@ -252,7 +251,6 @@ def generate(
                 write_preprocessed(out / VARIANT_FOLDERS[v] / f"sub-{sub:02d}" / f"preprocessed_eeg_{part}.npy", trials)
                 del trials
             step(f"sub-{sub:02d} preprocessed ({v})", 1, 1)
-        summary_subjects.append(sub)
         if meg:
             _write_meg(out, sub, cfg, low, att, seed, meta)
             step(f"sub-{sub:02d} MEG", 1, 1)
@@ -261,7 +259,7 @@ def generate(
         "generator": "trainer.synth",
         "preset": preset,
         "config": asdict(cfg),
-        "subjects": summary_subjects,
+        "subjects": list(range(1, cfg.subjects + 1)),
         "variants": list(variants),
         "meg": meg,
         "n_training_images": n_train,
