@@ -231,8 +231,13 @@ def _train_layer(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # the whole training set lives on the device as tensors: no per-sample Python loop
     x_fit, x_val, val_targets = split.x_fit, split.x_val, split.val_targets
+    # image features standardised with the statistics of the fitting images (pooled
+    # activations share a large positive mean that would otherwise dominate the cosine);
+    # folded into the image projector at the end, so the model takes raw features
     f_fit = torch.from_numpy(features[split.fit_images]).to(device)
-    f_val = torch.from_numpy(features[split.val_images]).to(device)
+    f_mean, f_std = f_fit.mean(dim=0), f_fit.std(dim=0).clamp_min(1e-6 * float(f_fit.std()) + 1e-12)
+    f_fit = (f_fit - f_mean) / f_std
+    f_val = (torch.from_numpy(features[split.val_images]).to(device) - f_mean) / f_std
 
     ckpt = ckpt_dir / f"{_layer_key(layer)}.safetensors"
     result = LayerResult(layer=layer, best_val_top1=-1.0, best_epoch=-1)
@@ -283,8 +288,9 @@ def _train_layer(
             last_save = time.perf_counter()
     bar.close()
     model.load_state_dict(best_state)
+    model.fold_feature_standardisation(f_mean, f_std)
     model.eval()
-    result.state = best_state
+    result.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return result, model
 
 

@@ -61,3 +61,13 @@ class AlignmentModel(nn.Module):
 
     def embed_images(self, features: torch.Tensor) -> torch.Tensor:
         return self.image_projector(features)
+
+    @torch.no_grad()
+    def fold_feature_standardisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """The image projector was trained on ``(features - mean) / std``: fold the
+        standardisation into its weights, so that it takes raw backbone features (what the
+        bundle's gallery and ``retarget`` feed it)."""
+        lin = self.image_projector
+        w = lin.weight / std.to(lin.weight)[None, :]
+        lin.bias -= w @ mean.to(w)
+        lin.weight.copy_(w)

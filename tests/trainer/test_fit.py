@@ -209,3 +209,38 @@ def test_retarget_refuses_other_weights(tiny_run, tiny_dataset, tmp_path):
     images = sorted((tiny_dataset / "image_set" / "test_images").glob("*/*.jpg"))[:3]
     with pytest.raises(BCIError, match="not the ones the bundle was trained with"):
         retarget_bundle(bad, tmp_path / "out", images)
+
+
+def test_folded_feature_standardisation_gives_the_same_embeddings():
+    from trainer.model import AlignmentModel
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = AlignmentModel({"name": "linear", "n_chans": 3, "n_times": 5, "embed_dim": 8}, feature_dim=6, proj_dim=4)
+    feats = torch.rand(10, 6) * 5 + 3
+    mean, std = feats.mean(0), feats.std(0)
+    with torch.no_grad():
+        expected = model.embed_images((feats - mean) / std)
+        model.fold_feature_standardisation(mean, std)
+        got = model.embed_images(feats)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(model.embed_images(feats), model.embed_images(feats + 1.0))
+
+
+def test_tiny_fit_with_the_default_recipe_is_far_above_chance(tiny_dataset, tmp_path, capsys):
+    """The issue's acceptance run: the paper's defaults (EEGProject, 50 epochs, layer
+    chosen on validation concepts) on the tiny set, with the only weights this machine
+    has (random resnet10t), is far above chance; eval --bundle reproduces it."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    assert main(["fit", "--data", str(tiny_dataset), "--subject", "1", "--out", str(run), "--backbone", "resnet10t",
+                 "--weights", "random", "--cache", str(cache), "--device", "cpu"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    chance = metrics["chance_top1"]
+    assert metrics["n_way"] == 20
+    assert metrics["averaged"]["top1"] >= 3 * chance, metrics["averaged"]
+    assert metrics["kway"]["2"] >= 0.65, metrics["kway"]
+    assert metrics["single_trial"]["top1"] > chance, metrics["single_trial"]
+    capsys.readouterr()
+    assert main(["eval", "--bundle", str(run), "--data", str(tiny_dataset), "--subject", "1", "--cache", str(cache), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["averaged"] == metrics["averaged"] and again["single_trial"] == metrics["single_trial"]

@@ -14,8 +14,8 @@ from trainer.vision import extract_features, load_backbone
 def test_pretrain_writes_timm_weights_that_load(tiny_dataset, tmp_path):
     out = tmp_path / "w" / "resnet10t.safetensors"
     summary = pretrain_backbone(tiny_dataset, "resnet10t", out, image_size=32, epochs=6, batch_size=64)
-    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["classes"] == 80
-    assert summary["train_accuracy"] > 10 / 80  # far above chance on the training concepts
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["classes"] == 240
+    assert summary["train_accuracy"] > 10 / 240  # far above chance on the training concepts
     trained = load_backbone("resnet10t", str(out), model_kwargs={"img_size": 32})
     assert trained.weights_id.startswith("file-") and trained.data_config["input_size"] == (3, 32, 32)
     random = load_backbone("resnet10t", "random", model_kwargs={"img_size": 32})

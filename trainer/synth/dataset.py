@@ -74,7 +74,7 @@ class SynthConfig:
 
 PRESETS: dict[str, SynthConfig] = {
     # seconds to generate, for tests
-    "tiny": SynthConfig(n_train_concepts=80, images_per_concept=6, n_test_concepts=20, n_sessions=2,
+    "tiny": SynthConfig(n_train_concepts=240, images_per_concept=4, n_test_concepts=20, n_sessions=2,
                         test_reps_per_session=10, subjects=2, image_size=64),
     # the demo's data set
     "small": SynthConfig(n_train_concepts=240, images_per_concept=8, n_test_concepts=50, n_sessions=2,

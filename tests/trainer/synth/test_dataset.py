@@ -124,6 +124,6 @@ def test_cli_synth_and_info(tmp_path, capsys):
     assert main(["synth", str(out), "--preset", "tiny", "--subjects", "1", "--seed", "2"]) == 0
     text = capsys.readouterr().out
     assert "wrote a synthetic THINGS-like data set" in text
-    assert "sub-01" in text and "480 images x 2 repetitions x 17 channels x 100 times" in text
+    assert "sub-01" in text and "960 images x 2 repetitions x 17 channels x 100 times" in text
     assert main(["info", str(out)]) == 0
-    assert "training images: 480 in 80 concepts" in capsys.readouterr().out
+    assert "training images: 960 in 240 concepts" in capsys.readouterr().out
