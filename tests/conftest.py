@@ -16,6 +16,12 @@ import pytest  # noqa: E402
 # features and epochs are cached here, never in the user's home
 os.environ["SHALLOW_BCI_CACHE"] = tempfile.mkdtemp(prefix="shallow-bci-test-cache-")
 
+# liblsl (loaded later, by mne-lsl) reads this: resolve streams on this machine only, quietly
+_LSL_CFG = os.path.join(tempfile.mkdtemp(prefix="shallow-bci-lsl-"), "lsl_api.cfg")
+with open(_LSL_CFG, "w") as _f:
+    _f.write("[multicast]\nResolveScope = link\n\n[log]\nlevel = -2\n")
+os.environ["LSLAPICFG"] = _LSL_CFG
+
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):

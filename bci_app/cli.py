@@ -1,0 +1,317 @@
+"""Command lines: ``bci-app`` (live decoder, stream listing, recovery, versions) and
+``bci-replay`` (a recorded session as LSL streams).
+
+Errors print one line and exit 2; Ctrl-C stops cleanly (exit 0 for the live app after its
+summary, 0 for the replay)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Sequence
+
+__all__ = ["main", "replay_main"]
+
+logger = logging.getLogger("bci_app")
+
+_COMMANDS = ("streams", "sys-info", "recover")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s",
+                        stream=sys.stderr)
+    # mne-lsl logs every connection at INFO; keep its warnings only
+    logging.getLogger("mne_lsl").setLevel(logging.WARNING)
+
+
+def _live_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bci-app",
+        description="Decode a live EEG stream with a model bundle: epochs on stimulus markers, retrieves the "
+                    "seen image among the bundle's gallery. Other commands: 'bci-app streams' (list LSL streams), "
+                    "'bci-app recover DIR' (finish a recording left by a crash), 'bci-app sys-info'.",
+    )
+    p.add_argument("--bundle", required=True, help="model bundle folder (a bci-train fit run)")
+    p.add_argument("--stream", required=True, help="name of the EEG LSL stream")
+    p.add_argument("--source-id", default=None, help="source id of the EEG stream, when several share its name")
+    p.add_argument("--markers", default=None,
+                   help="name of the marker stream (numeric or string); default: STREAM-markers, or the only "
+                        "marker stream on the network")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--top-k", type=int, default=5, help="candidates reported per epoch (default 5)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for decoding (default 1: the lowest latency for the few epochs decoded "
+                        "at a time; more for large encoders on CPU)")
+    p.add_argument("--headless", action="store_true",
+                   help="no window: one JSON line per decoded epoch on stdout, logs and the summary on stderr")
+    p.add_argument("--max-epochs", type=int, default=None, help="stop after N decoded epochs")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--idle-exit", type=float, default=None,
+                   help="stop when the stream has sent nothing for this many seconds (e.g. a replay that ended)")
+    p.add_argument("--record", default=None, metavar="DIR",
+                   help="record the raw EEG, markers and predictions into DIR (a new folder)")
+    p.add_argument("--summary", default=None, metavar="FILE", help="also write the summary as JSON to FILE")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the streams at start (default 5)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _print_summary(summary: dict) -> None:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f} %"
+
+    st, av = summary["single_trial"], summary["averaged"]
+    rej = summary["epochs_rejected"]
+    lines = [
+        f"summary: {summary['epochs_decoded']} epochs decoded, {summary['markers_seen']} markers seen "
+        f"({summary['markers_unknown']} unknown, {summary['catch_markers']} catch), "
+        f"{sum(rej.values())} rejected" + (f" ({', '.join(f'{k}: {v}' for k, v in rej.items() if v)})" if any(rej.values()) else "")
+        + f", {summary['epochs_pending']} pending at exit",
+        f"  stream: {summary['samples_received']} samples, {summary['samples_lost']} lost, {summary['gaps']} gap(s), "
+        f"{summary['stalls']} stall(s)",
+        f"  single trial: top-1 {pct(st['top1'])}, top-5 {pct(st['top5'])} over {st['n']} epochs with a known stimulus",
+        f"  averaged repetitions: top-1 {pct(av['top1'])}, top-5 {pct(av['top5'])} over {av['n_stimuli']} stimuli",
+    ]
+    for key, name in (("decision_latency", "decision latency (ready -> decided)"),
+                      ("marker_to_decision_latency", "marker -> decision")):
+        lat = summary[key]
+        if lat:
+            lines.append(f"  {name}: p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms")
+    if summary.get("recording"):
+        lines.append(f"  recording: {summary['recording']}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _run_headless(args: argparse.Namespace) -> int:
+    from trainer.bundle import load_bundle
+
+    from .pipeline import LiveSession
+
+    for name in ("max_epochs", "top_k", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("duration", "idle_exit", "timeout"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    bundle = load_bundle(args.bundle)
+    # mne-lsl's acquisition thread and this loop share the GIL: hand it over sooner than
+    # the default 5 ms, so a ready epoch does not wait for the other thread's time slice
+    sys.setswitchinterval(0.0005)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    session = LiveSession(bundle, args.stream, markers=args.markers, device=args.device, top_k=args.top_k,
+                          record=args.record, timeout=args.timeout, source_id=args.source_id)
+    session.start()
+    stop = {"flag": False}
+
+    def on_term(signum, frame):  # SIGTERM: finish like Ctrl-C
+        stop["flag"] = True
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    t0 = time.monotonic()
+    reason = "stopped"
+    try:
+        while not stop["flag"]:
+            for record in session.step():
+                sys.stdout.write(json.dumps(record) + "\n")
+                sys.stdout.flush()
+                if args.max_epochs is not None and session.stats.epochs >= args.max_epochs:
+                    stop["flag"], reason = True, f"{args.max_epochs} epochs decoded"
+                    break
+            if stop["flag"]:
+                break
+            if args.duration is not None and time.monotonic() - t0 >= args.duration:
+                reason = f"{args.duration:g} s elapsed"
+                break
+            if args.idle_exit is not None and session.source.last_arrival is not None:
+                from mne_lsl.lsl import local_clock
+
+                if local_clock() - session.source.last_arrival > args.idle_exit:
+                    reason = f"no data for {args.idle_exit:g} s"
+                    break
+            time.sleep(0.001)
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        summary = session.close()
+    summary["stopped_because"] = reason
+    _print_summary(summary)
+    if args.summary:
+        with open(args.summary, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+def _cmd_streams(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="bci-app streams", description="List the LSL streams on the network.")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to look (default 2)")
+    p.add_argument("--json", action="store_true", help="one JSON object per stream")
+    args = p.parse_args(argv)
+    from .streams import list_streams
+
+    streams = list_streams(timeout=args.timeout)
+    if args.json:
+        from dataclasses import asdict
+
+        for s in streams:
+            print(json.dumps(asdict(s)))
+        return 0
+    if not streams:
+        print(f"no LSL stream found within {args.timeout:g} s")
+    eeg = [s for s in streams if not s.is_marker]
+    markers = [s for s in streams if s.is_marker]
+    for title, group in (("signal streams", eeg), ("marker streams", markers)):
+        if group:
+            print(f"{title}:")
+            for s in group:
+                print("  " + s.describe())
+    return 0
+
+
+def _cmd_sys_info(argv: Sequence[str]) -> int:
+    argparse.ArgumentParser(prog="bci-app sys-info", description="Versions of the parts this app runs on.").parse_args(argv)
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    print(f"Python {platform.python_version()} on {platform.platform()}")
+    for dist in ("shallow-bci", "torch", "timm", "mne", "mne-lsl", "pylsl", "PySide6-Essentials", "pyqtgraph", "numpy",
+                 "scipy", "pyxdf"):
+        try:
+            print(f"{dist}: {version(dist)}")
+        except PackageNotFoundError:
+            print(f"{dist}: not installed")
+    import torch
+
+    print(f"CUDA: {'available, ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
+    try:
+        from mne_lsl.lsl import library_version
+
+        print(f"liblsl: {library_version()}")
+    except Exception as err:  # a missing or broken liblsl is exactly what this should show
+        print(f"liblsl: not loadable ({err})")
+    try:
+        from PySide6 import QtCore
+
+        print(f"Qt: {QtCore.qVersion()}")
+    except Exception as err:
+        print(f"Qt: not loadable ({err})")
+    return 0
+
+
+def _cmd_recover(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="bci-app recover",
+                                description="Make recording-raw.fif from the journal of a recording that did not finish.")
+    p.add_argument("folder")
+    args = p.parse_args(argv)
+    from .recording import finalize_recording
+
+    print(f"wrote {finalize_recording(args.folder)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``bci-app``; returns the exit code."""
+    from trainer.errors import BCIError
+
+    from .streams import StreamError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in _COMMANDS else None
+    try:
+        if command == "streams":
+            _setup_logging(False)
+            return _cmd_streams(argv[1:])
+        if command == "sys-info":
+            return _cmd_sys_info(argv[1:])
+        if command == "recover":
+            _setup_logging(False)
+            return _cmd_recover(argv[1:])
+        args = _live_parser().parse_args(argv)
+        _setup_logging(args.verbose)
+        if not args.headless:
+            raise BCIError("the desktop window is not part of this version yet; run with --headless")
+        return _run_headless(args)
+    except (BCIError, StreamError, ValueError, TypeError, OSError) as err:
+        print(f"bci-app{' ' + command if command else ''}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+def _replay_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bci-replay",
+        description="Play a recorded session as LSL streams: the EEG as NAME, the stimulus markers as NAME-markers. "
+                    "PATH: a THINGS-EEG2 raw .npy session, any file MNE reads (.fif, .vhdr, .edf, ...; stim channel "
+                    "or annotations give the markers), an .xdf recording, or a bci-app --record folder.",
+    )
+    p.add_argument("path")
+    p.add_argument("--name", default="bci-replay", help="EEG stream name (default bci-replay)")
+    p.add_argument("--source-id", default=None, help="LSL source id (default: unique per run)")
+    p.add_argument("--loop", action="store_true", help="start again at the end, forever")
+    p.add_argument("--chunk-size", type=int, default=10, help="samples per pushed chunk (default 10)")
+    p.add_argument("--markers", choices=("numeric", "string", "none"), default="numeric",
+                   help="numeric: int32 codes (THINGS image numbers); string: text labels (image file or code); "
+                        "none: no marker stream (default numeric)")
+    p.add_argument("--xdf-stream", default=None, help="XDF only: name of the signal stream to play")
+    p.add_argument("--xdf-markers", default=None, help="XDF only: name of the marker stream to use")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def replay_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``bci-replay``; returns the exit code."""
+    from trainer.errors import BCIError
+
+    args = _replay_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    player = None
+
+    def on_term(signum, frame):  # SIGTERM stops like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        from pathlib import Path
+
+        from .replay import SessionPlayer
+        from .sessions import read_session
+
+        if Path(args.path).suffix.lower() == ".xdf" and (args.xdf_stream or args.xdf_markers):
+            from .xdf import read_xdf
+
+            session = read_xdf(args.path, stream=args.xdf_stream, markers=args.xdf_markers)
+        else:
+            session = read_session(args.path)
+        player = SessionPlayer(session, name=args.name, chunk_size=args.chunk_size, loop=args.loop,
+                               markers=args.markers, source_id=args.source_id)
+        n_markers = len(player._marker_samples)
+        print(f"bci-replay: streaming {args.name!r} ({len(session.ch_names)} channels, {session.sfreq:g} Hz, "
+              f"{session.duration / 60:.1f} min{', looping' if args.loop else ''})"
+              + (f" and {player.marker_stream_name!r} ({args.markers}, {n_markers} markers)" if player.marker_stream_name else "")
+              + "; Ctrl-C stops", file=sys.stderr, flush=True)
+        player.start()
+        player.wait()
+        print(f"bci-replay: done ({player.markers_sent} markers sent)", file=sys.stderr)
+        return 0
+    except KeyboardInterrupt:
+        print("bci-replay: stopped", file=sys.stderr)
+        return 0
+    except (BCIError, ValueError, TypeError, OSError) as err:
+        print(f"bci-replay: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if player is not None and player.running:
+            player.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The live decoder: bundle encoder on the chosen device, cosine similarity to the
+gallery, confidences from the bundle's temperature, top-k; a running average of the
+epochs of each stimulus id gives the averaged-repetition prediction beside the
+single-trial one.  Markers are mapped to stimulus ids here (:class:`StimulusMap`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.bundle import Bundle
+from trainer.vision import resolve_device
+
+from .sessions import CATCH_CODE
+
+__all__ = ["Decoder", "Prediction", "StimulusMap"]
+
+logger = logging.getLogger("bci_app")
+
+
+class StimulusMap:
+    """Marker value -> gallery stimulus id.
+
+    Integer codes (or strings of digits) are ids; other strings are matched against the
+    gallery's ``concept/file``, file name, file stem, and concept name (when one image of
+    that concept is in the gallery).  Anything else is unknown (None); the catch code
+    99999 and the label ``catch`` are catch trials (None as well)."""
+
+    def __init__(self, bundle: Bundle):
+        self.ids = {int(i) for i in bundle.gallery_ids}
+        self.by_text: dict[str, int] = {}
+        concepts: dict[str, list[int]] = {}
+        for item in bundle.items:
+            name = item.file.replace("\\", "/")
+            stem = name.rsplit("/", 1)[-1]
+            for key in (name, stem, stem.rsplit(".", 1)[0]):
+                self.by_text.setdefault(key, item.id)
+            concepts.setdefault(item.concept, []).append(item.id)
+        for concept, ids in concepts.items():
+            if len(ids) == 1:
+                self.by_text.setdefault(concept, ids[0])
+
+    @staticmethod
+    def is_catch(value: Any) -> bool:
+        if isinstance(value, str):
+            return value.strip().lower() == "catch" or value.strip() == str(CATCH_CODE)
+        try:
+            return int(value) == CATCH_CODE
+        except (TypeError, ValueError, OverflowError):
+            return False
+
+    def __call__(self, value: Any) -> int | None:
+        if isinstance(value, (int, np.integer)) or (isinstance(value, float) and math.isfinite(value) and value == int(value)):
+            code = int(value)
+            return code if code in self.ids else None
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lstrip("-").isdigit():
+                code = int(text)
+                return code if code in self.ids else None
+            return self.by_text.get(text)
+        return None
+
+
+@dataclass
+class Prediction:
+    topk: list[int]
+    confidence: list[float]
+    avg_topk: list[int] | None = None
+    avg_confidence: list[float] | None = None
+    n_averaged: int = 0
+
+
+class Decoder:
+    """Runs the bundle on epochs.
+
+    Parameters
+    ----------
+    bundle : Bundle
+    device : 'auto' | 'cpu' | 'cuda' | 'cuda:N'
+    top_k : int
+        Candidates reported per epoch (at most the gallery size).
+    """
+
+    def __init__(self, bundle: Bundle, *, device: str = "auto", top_k: int = 5):
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.model = bundle.brain.to(self.device).eval()
+        self.gallery = torch.from_numpy(np.ascontiguousarray(bundle.gallery)).to(self.device)
+        self.ids = torch.from_numpy(np.asarray(bundle.gallery_ids, dtype=np.int64))
+        self.temperature = float(bundle.temperature)
+        self.top_k = min(top_k, len(bundle.gallery_ids))
+        self._sums: dict[int, tuple[np.ndarray, int]] = {}
+        self.warm_up()
+
+    def warm_up(self, n: int = 3) -> None:
+        """Run the model a few times so the first real epoch pays no start-up cost."""
+        x = np.zeros((2, self.bundle.n_chans, self.bundle.n_times), dtype=np.float32)
+        for _ in range(n):
+            self._scores(x)
+
+    def _scores(self, epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            z = self.model(torch.from_numpy(np.ascontiguousarray(epochs, dtype=np.float32)).to(self.device))
+            z = torch.nn.functional.normalize(z.float(), dim=1)
+            probs = torch.softmax((z @ self.gallery.T) / self.temperature, dim=1)
+            conf, idx = torch.topk(probs, self.top_k, dim=1)
+        return self.ids[idx.cpu()].numpy(), conf.cpu().numpy()
+
+    def reset_averages(self) -> None:
+        self._sums.clear()
+
+    def decode(self, epochs: np.ndarray, stimulus_ids: list[int | None]) -> list[Prediction]:
+        """Predictions for a batch of epochs (n, C, T); epochs with a known stimulus id
+        also update its running average and get the averaged prediction."""
+        epochs = np.asarray(epochs, dtype=np.float32)
+        if epochs.ndim != 3 or epochs.shape[1:] != (self.bundle.n_chans, self.bundle.n_times):
+            raise ValueError(f"epochs must be (n, {self.bundle.n_chans}, {self.bundle.n_times}), got {epochs.shape}")
+        if len(stimulus_ids) != len(epochs):
+            raise ValueError("one stimulus id (or None) per epoch")
+        averaged, rows = [], []
+        for i, (e, sid) in enumerate(zip(epochs, stimulus_ids)):
+            if sid is None:
+                continue
+            total, n = self._sums.get(sid, (np.zeros(e.shape, np.float64), 0))
+            total = total + e
+            self._sums[sid] = (total, n + 1)
+            averaged.append((total / (n + 1)).astype(np.float32))
+            rows.append((i, n + 1))
+        batch = np.concatenate([epochs, np.stack(averaged)]) if averaged else epochs
+        ids, conf = self._scores(batch)
+        out = [Prediction(ids[i].tolist(), conf[i].tolist()) for i in range(len(epochs))]
+        for k, (i, n) in enumerate(rows):
+            j = len(epochs) + k
+            out[i].avg_topk, out[i].avg_confidence, out[i].n_averaged = ids[j].tolist(), conf[j].tolist(), n
+        return out

@@ -1,0 +1,305 @@
+"""The live pipeline: streams -> online epochs -> decoder -> results (+ recording).
+
+:class:`LiveSession` is what the headless app runs in its main loop and what the desktop
+app runs on a worker thread: call :meth:`LiveSession.step` often (every few ms); it
+returns the decoded epochs as plain dicts (the JSON lines of ``bci-app --headless``) and
+never blocks on the network.  It notices a stream that stops (``stalled``), keeps what it
+recorded, and goes on when the stream comes back (liblsl reconnects to the same source
+id; a stream that was torn down is looked up again by name).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.bundle import Bundle
+
+from .decoder import Decoder, StimulusMap
+from .epochs import MarkerEvent, OnlineEpocher
+from .streams import EEGSource, StreamError, list_streams, open_markers
+
+__all__ = ["LiveSession", "SessionStats", "default_marker_stream"]
+
+logger = logging.getLogger("bci_app")
+
+
+def default_marker_stream(eeg_name: str, timeout: float = 2.0) -> str:
+    """``{eeg}-markers`` when it exists (bci-replay's naming), else the only irregular
+    stream on the network."""
+    from mne_lsl.lsl import resolve_streams
+
+    conventional = f"{eeg_name}-markers"
+    if any(s.sfreq == 0 for s in resolve_streams(timeout=min(timeout, 1.0), name=conventional)):
+        return conventional
+    streams = list_streams(timeout=timeout)
+    markers = [s for s in streams if s.is_marker]
+    if len({s.name for s in markers}) == 1:
+        return markers[0].name
+    if not markers:
+        raise StreamError(f"no marker stream found (streams seen: {', '.join(s.name for s in streams) or 'none'}); "
+                          "give --markers NAME")
+    raise StreamError("several marker streams: " + ", ".join(sorted({s.name for s in markers})) + "; give --markers NAME")
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    v = np.asarray(values) * 1000.0
+    return {"p50_ms": round(float(np.percentile(v, 50)), 3), "p99_ms": round(float(np.percentile(v, 99)), 3),
+            "max_ms": round(float(v.max()), 3), "n": len(v)}
+
+
+@dataclass
+class SessionStats:
+    epochs: int = 0
+    markers: int = 0
+    unknown_markers: int = 0
+    catch_markers: int = 0
+    unknown_values: dict = field(default_factory=dict)
+    hits1: int = 0
+    hits5: int = 0
+    scored: int = 0
+    decision_latency: list = field(default_factory=list)
+    marker_latency: list = field(default_factory=list)
+    last_avg: dict = field(default_factory=dict)  # stimulus id -> (topk, n)
+    stalls: int = 0
+
+
+class LiveSession:
+    """Decode a live stream with a bundle.
+
+    Parameters
+    ----------
+    bundle : Bundle
+    stream : str
+        EEG stream name.
+    markers : str | None
+        Marker stream name (default: see :func:`default_marker_stream`).
+    device : str
+    top_k : int
+    record : path-like | None
+        Folder for the recording (see :mod:`bci_app.recording`).
+    stall_timeout : float
+        Seconds without samples before the stream is reported stalled.
+    timeout : float
+        Seconds to wait for the streams when connecting.
+    """
+
+    def __init__(self, bundle: Bundle, stream: str, *, markers: str | None = None, device: str = "auto",
+                 top_k: int = 5, record: str | Path | None = None, stall_timeout: float = 2.0,
+                 timeout: float = 5.0, source_id: str | None = None):
+        self.bundle = bundle
+        self.stream_name = stream
+        self.marker_name = markers
+        self.stall_timeout = float(stall_timeout)
+        self.timeout = float(timeout)
+        self.decoder = Decoder(bundle, device=device, top_k=top_k)
+        self.stimuli = StimulusMap(bundle)
+        self.source = EEGSource(stream, source_id=source_id)
+        self.record_dir = Path(record) if record is not None else None
+        self.recorder = None
+        self.markers = None
+        self.epocher: OnlineEpocher | None = None
+        self.stats = SessionStats()
+        self.status = "idle"
+        self._recorded = 0  # samples handed to the recorder
+        self._gaps_recorded = 0
+        self._rec_offset = 0  # recording sample = stream sample + offset
+        self._last_reconnect = 0.0
+        self.events: list[str] = []  # status messages for the GUI / log
+        self.last_epochs: list = []
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> "LiveSession":
+        from mne_lsl.lsl import local_clock
+
+        self.source.connect(timeout=self.timeout)
+        self.epocher = OnlineEpocher(self.bundle.spec, self.source)  # checks channels and rate first
+        name = self.marker_name or default_marker_stream(self.stream_name, timeout=min(self.timeout, 2.0))
+        self.markers = open_markers(name, timeout=self.timeout)
+        self.marker_name = name
+        if self.record_dir is not None:
+            from .recording import SessionRecorder
+
+            self.recorder = SessionRecorder(self.record_dir, self.source.ch_names, self.source.sfreq, info={
+                "stream": self.stream_name, "source_id": self.source.source_id, "markers": name,
+                "bundle": str(self.bundle.path), "device": str(self.decoder.device)})
+        self.status = "connected"
+        self._started = local_clock()
+        logger.info("decoding stream %r with markers %r on %s; raw window %.3f..%.3f s around each marker",
+                    self.stream_name, name, self.decoder.device, *self.epocher.window_seconds)
+        return self
+
+    def close(self) -> dict:
+        """Stop, finish the recording, return the summary."""
+        # stop acquisition first, so the recording holds every sample the summary counts
+        if self.markers is not None:
+            self.markers.close()
+        self.source.disconnect()
+        self.status = "closed"
+        if self.recorder is not None:
+            try:
+                self._feed_recorder()
+            except Exception as err:  # keep going: the journal on disk is what matters
+                logger.error("recording: %s", err)
+        summary = self.summary()
+        if self.recorder is not None:
+            path = self.recorder.close(summary)
+            if path is not None:
+                summary["recording"] = str(path)
+        return summary
+
+    # -- one step ---------------------------------------------------------------------
+    def _note(self, text: str, level: int = logging.WARNING) -> None:
+        logger.log(level, text)
+        self.events.append(text)
+
+    def _check_stream(self, now: float) -> None:
+        src = self.source
+        if src.connected and src.last_arrival is not None:
+            silent = now - src.last_arrival
+            if self.status != "stalled" and silent > self.stall_timeout:
+                self.status = "stalled"
+                self.stats.stalls += 1
+                self._note(f"stream {self.stream_name!r}: no data for {silent:.1f} s; waiting for it to come back "
+                           f"(recorded so far is kept)")
+            elif self.status == "stalled" and silent < self.stall_timeout:
+                self.status = "connected"
+                self._note(f"stream {self.stream_name!r}: data again", logging.INFO)
+        if not src.connected and now - self._last_reconnect > 1.0:
+            self._last_reconnect = now
+            if self.status != "lost":
+                self.status = "lost"
+                self._note(f"stream {self.stream_name!r} is gone; looking for it again")
+            try:
+                src.connect(timeout=0.2)
+                self.status = "connected"
+                self._note(f"stream {self.stream_name!r} is back", logging.INFO)
+            except StreamError:
+                pass
+            except Exception as err:  # liblsl/mne-lsl errors while the network is in flux: try again later
+                logger.debug("reconnect failed: %s", err)
+
+    def _feed_recorder(self) -> None:
+        rec, src = self.recorder, self.source
+        if rec is None or src.n_total == self._recorded:
+            return
+        start = max(self._recorded, src.oldest)
+        if start > self._recorded:
+            self._note(f"recording: {start - self._recorded} samples fell out of the buffer before they were written")
+            rec.add_gap(rec.n_samples)
+        for g in src.gaps[self._gaps_recorded:]:
+            if g >= start:
+                rec.add_gap(rec.n_samples + (g - start))
+        self._gaps_recorded = len(src.gaps)
+        data, ts, _ = src.read(start, src.n_total)
+        self._rec_offset = rec.n_samples - start
+        self._recorded = src.n_total
+        rec.add_samples(data, ts)
+
+    def _recording_sample(self, onset: int | None) -> int | None:
+        """Recording sample index of a stream sample (None when it is not recorded)."""
+        if onset is None or onset >= self._recorded or onset + self._rec_offset < 0:
+            return None
+        return onset + self._rec_offset
+
+    def step(self) -> list[dict[str, Any]]:
+        """Take new markers and samples; return the epochs decoded now."""
+        from mne_lsl.lsl import local_clock
+
+        now = local_clock()
+        self._check_stream(now)
+        try:
+            incoming = self.markers.poll() if self.markers is not None else []
+        except Exception as err:  # a marker stream that broke: say so, keep decoding what is pending
+            if self.status != "markers lost":
+                self._note(f"marker stream {self.marker_name!r}: {type(err).__name__}: {err}")
+            self.status = "markers lost"
+            incoming = []
+        for t, value in incoming:
+            sid = self.stimuli(value)
+            self.stats.markers += 1
+            label = str(value)
+            if sid is None:
+                if self.stimuli.is_catch(value):
+                    self.stats.catch_markers += 1
+                else:
+                    self.stats.unknown_markers += 1
+                    if label not in self.stats.unknown_values and len(self.stats.unknown_values) < 20:
+                        logger.warning("marker %r is not a stimulus of this bundle's gallery (decoded, no stimulus id)", label)
+                    self.stats.unknown_values[label] = self.stats.unknown_values.get(label, 0) + 1
+            self.epocher.add(MarkerEvent(t=t, value=value, stimulus_id=sid, label=label, received=now))
+        ready, rejected = self.epocher.poll(now)
+        self.last_epochs = ready  # the preprocessed epochs behind this step's results
+        if self.recorder is not None:
+            self._feed_recorder()
+            for m, reason in rejected:
+                self.recorder.add_marker(m.t, m.label, self._recording_sample(m.onset))
+        for m, reason in rejected:
+            logger.info("epoch at marker %s (t=%.3f) rejected: %s", m.label, m.t, reason)
+        if not ready:
+            return []
+        preds = self.decoder.decode(np.stack([r.epoch for r in ready]), [r.marker.stimulus_id for r in ready])
+        t_decided = local_clock()
+        out = []
+        for r, p in zip(ready, preds):
+            m = r.marker
+            self.stats.epochs += 1
+            rec = {
+                "epoch": self.stats.epochs,
+                "marker": m.value if isinstance(m.value, (int, str)) else float(m.value),
+                "stimulus_id": m.stimulus_id,
+                "topk": p.topk,
+                "confidence": [round(c, 6) for c in p.confidence],
+                "averaged": None if p.avg_topk is None else {
+                    "topk": p.avg_topk, "confidence": [round(c, 6) for c in p.avg_confidence], "n": p.n_averaged},
+                "t_marker": m.t,
+                "t_ready": r.t_ready,
+                "t_decided": t_decided,
+            }
+            if m.stimulus_id is not None:
+                self.stats.scored += 1
+                self.stats.hits1 += p.topk[0] == m.stimulus_id
+                self.stats.hits5 += m.stimulus_id in p.topk[:5]
+                self.stats.last_avg[m.stimulus_id] = p.avg_topk
+            self.stats.decision_latency.append(t_decided - r.t_ready)
+            self.stats.marker_latency.append(t_decided - m.t)
+            if self.recorder is not None:
+                self.recorder.add_marker(m.t, m.label, self._recording_sample(m.onset))
+                self.recorder.add_prediction(rec)
+            out.append(rec)
+        return out
+
+    # -- summary ----------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        s = self.stats
+        avg = [(sid, topk) for sid, topk in s.last_avg.items() if topk]
+        rejected = dict(self.epocher.rejected) if self.epocher is not None else {}
+        return {
+            "stream": self.stream_name,
+            "markers_stream": self.marker_name,
+            "device": str(self.decoder.device),
+            "epochs_decoded": s.epochs,
+            "markers_seen": s.markers,
+            "markers_unknown": s.unknown_markers,
+            "unknown_values": dict(list(s.unknown_values.items())[:20]),
+            "catch_markers": s.catch_markers,
+            "epochs_rejected": rejected,
+            "epochs_pending": len(self.epocher.pending) if self.epocher is not None else 0,
+            "samples_received": self.source.n_total,
+            "samples_lost": self.source.samples_lost,
+            "gaps": len(self.source.gaps),
+            "stalls": s.stalls,
+            "single_trial": {"n": s.scored, "top1": s.hits1 / s.scored if s.scored else None,
+                             "top5": s.hits5 / s.scored if s.scored else None},
+            "averaged": {"n_stimuli": len(avg),
+                         "top1": float(np.mean([t[0] == sid for sid, t in avg])) if avg else None,
+                         "top5": float(np.mean([sid in t[:5] for sid, t in avg])) if avg else None},
+            "decision_latency": _percentiles(s.decision_latency),
+            "marker_to_decision_latency": _percentiles(s.marker_latency),
+        }

@@ -1,0 +1,110 @@
+"""bci-app / bci-replay command lines, over real LSL on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from bci_app.cli import main
+from bci_app.sessions import Marker, ReplaySession, read_session
+from bci_app.streams import list_streams
+
+
+def _session_with_lead(root, lead=4.0):
+    import mne
+
+    base = read_session(root / "raw_data" / "sub-01" / "ses-01" / "raw_eeg_test.npy")
+    n = int(lead * base.sfreq)
+    head = mne.io.RawArray(base.raw.get_data(stop=n), base.raw.info, verbose="error")
+    raw = mne.concatenate_raws([head, base.raw.copy()], verbose="error")
+    return ReplaySession(raw=raw, markers=[Marker(m.sample + n, m.code, m.label) for m in base.markers])
+
+
+def test_headless_writes_json_lines_and_a_summary(tiny_dataset, tiny_bundle, play, stream_name, tmp_path, capsys):
+    play(_session_with_lead(tiny_dataset))
+    summary_file = tmp_path / "summary.json"
+    code = main(["--bundle", str(tiny_bundle), "--stream", stream_name, "--headless", "--max-epochs", "6",
+                 "--device", "cpu", "--summary", str(summary_file)])
+    out, err = capsys.readouterr()
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 6
+    for rec in lines:
+        assert {"stimulus_id", "topk", "confidence", "t_marker", "t_ready", "t_decided", "averaged"} <= set(rec)
+        assert len(rec["topk"]) == 5 and len(rec["confidence"]) == 5
+        assert rec["confidence"] == sorted(rec["confidence"], reverse=True)
+        assert rec["t_marker"] < rec["t_ready"] <= rec["t_decided"]
+    assert "summary: 6 epochs decoded" in err and "decision latency" in err
+    summary = json.loads(summary_file.read_text())
+    assert summary["epochs_decoded"] == 6 and summary["stopped_because"] == "6 epochs decoded"
+    assert summary["decision_latency"]["n"] == 6
+
+
+def test_streams_lists_eeg_and_marker_streams(tiny_dataset, play, stream_name, capsys):
+    play(_session_with_lead(tiny_dataset), markers="string")
+    assert main(["streams", "--timeout", "1.5", "--json"]) == 0
+    found = {s["name"]: s for s in map(json.loads, capsys.readouterr().out.splitlines())}
+    eeg, markers = found[stream_name], found[f"{stream_name}-markers"]
+    assert eeg["sfreq"] == 1000.0 and eeg["n_channels"] == 63 and eeg["source_id"] == f"{stream_name}-src"
+    assert markers["sfreq"] == 0 and markers["dtype"] == "string" and markers["type"] == "Markers"
+    assert main(["streams", "--timeout", "1.5"]) == 0
+    text = capsys.readouterr().out
+    assert "signal streams:" in text and "marker streams:" in text and stream_name in text
+
+
+def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
+    assert main(["--bundle", str(tmp_path / "nonexistent"), "--stream", "x", "--headless"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bci-app: error:") and "nonexistent" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["--stream", "x", "--headless"])
+    assert exit_.value.code == 2 and "--bundle" in capsys.readouterr().err
+    assert main(["--bundle", str(tmp_path), "--stream", "x", "--headless", "--max-epochs", "0"]) == 2
+    assert "--max-epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_a_stream_that_is_not_there_is_named(tiny_bundle, capsys):
+    code = main(["--bundle", str(tiny_bundle), "--stream", "no-such-stream-anywhere", "--headless", "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no EEG stream named 'no-such-stream-anywhere'" in err
+
+
+def test_without_headless_the_missing_window_is_explained(tiny_bundle, capsys):
+    assert main(["--bundle", str(tiny_bundle), "--stream", "x"]) == 2
+    assert "--headless" in capsys.readouterr().err
+
+
+def test_bci_replay_streams_a_things_file_and_stops_cleanly(tiny_dataset, stream_name):
+    path = tiny_dataset / "raw_data" / "sub-01" / "ses-01" / "raw_eeg_test.npy"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from bci_app.cli import replay_main; sys.exit(replay_main())", str(path), "--name", stream_name,
+                             "--markers", "string"], stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 30
+        names = set()
+        while time.monotonic() < deadline and not {stream_name, f"{stream_name}-markers"} <= names:
+            names = {s.name for s in list_streams(timeout=0.5)}
+        assert {stream_name, f"{stream_name}-markers"} <= names
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "streaming" in err and "stopped" in err and "Traceback" not in err
+
+
+def test_bci_replay_bad_input(tmp_path, capsys):
+    from bci_app.cli import replay_main
+
+    assert replay_main([str(tmp_path / "missing.fif")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.fif" in err and "does not exist" in err
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.arange(3))
+    assert replay_main([str(bad)]) == 2
+    assert "bci-replay: error:" in capsys.readouterr().err
