@@ -86,17 +86,20 @@ class LiveSession:
         Folder for the recording (see :mod:`bci_app.recording`).
     stall_timeout : float
         Seconds without samples before the stream is reported stalled.
+    no_data_timeout : float
+        Seconds a marker waits for its samples before it is rejected ("no data").
     timeout : float
         Seconds to wait for the streams when connecting.
     """
 
     def __init__(self, bundle: Bundle, stream: str, *, markers: str | None = None, device: str = "auto",
                  top_k: int = 5, record: str | Path | None = None, stall_timeout: float = 2.0,
-                 timeout: float = 5.0, source_id: str | None = None):
+                 timeout: float = 5.0, source_id: str | None = None, no_data_timeout: float = 5.0):
         self.bundle = bundle
         self.stream_name = stream
         self.marker_name = markers
         self.stall_timeout = float(stall_timeout)
+        self.no_data_timeout = float(no_data_timeout)
         self.timeout = float(timeout)
         self.decoder = Decoder(bundle, device=device, top_k=top_k)
         self.stimuli = StimulusMap(bundle)
@@ -119,7 +122,8 @@ class LiveSession:
         from mne_lsl.lsl import local_clock
 
         self.source.connect(timeout=self.timeout)
-        self.epocher = OnlineEpocher(self.bundle.spec, self.source)  # checks channels and rate first
+        self.epocher = OnlineEpocher(self.bundle.spec, self.source,  # checks channels and rate first
+                                     no_data_timeout=self.no_data_timeout)
         name = self.marker_name or default_marker_stream(self.stream_name, timeout=min(self.timeout, 2.0))
         self.markers = open_markers(name, timeout=self.timeout)
         self.marker_name = name

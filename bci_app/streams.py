@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,7 +256,11 @@ class NumericMarkers(_Markers):
         self._queue: list[tuple[float, Any]] = []
         self._lock = threading.Lock()
         self._stream = StreamLSL(bufsize=256, name=sinfo.name, source_id=sinfo.source_id or None)
-        self._stream.connect(processing_flags=("clocksync",), timeout=timeout, acquisition_delay=0.001)
+        with warnings.catch_warnings():
+            # marker outlets (PsychoPy, trigger boxes) rarely describe their one channel;
+            # mne-lsl warns and names it itself, which is all a marker stream needs
+            warnings.filterwarnings("ignore", message="Something went wrong while reading the channel description")
+            self._stream.connect(processing_flags=("clocksync",), timeout=timeout, acquisition_delay=0.001)
         self._stream.add_callback(self._on_chunk)
 
     def _on_chunk(self, data, timestamps, info):

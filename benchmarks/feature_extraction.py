@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         (f"1 layer {one} (stops early)", r_one),
         ("final embedding only (full pass)", r_last),
         (f"{len(many)} layers {many} + final, one pass", r_many),
-        (f"the same, one pass per layer", 1.0 / separate),
+        ("the same, one pass per layer", 1.0 / separate),
     ]
     width = max(len(label) for label, _ in rows)
     for label, rate in rows:

@@ -263,3 +263,35 @@ def test_record_then_replay_gives_the_same_predictions(tiny_dataset, tiny_bundle
     for a, b in zip(replayed, records[k:]):
         assert a["topk"] == b["topk"]
         np.testing.assert_allclose(a["confidence"], b["confidence"], atol=1e-4)
+
+
+def test_markers_without_data_are_rejected_and_counted(tiny_dataset, tiny_bundle, play, stream_name):
+    """A marker for a time the EEG never reaches (the EEG stopped; or a marker source
+    with a wrong clock) waits no_data_timeout, then is rejected as "no data"; one from
+    before the app connected is rejected too.  Real marker outlet, real EEG stream."""
+    import time
+
+    from mne_lsl.lsl import StreamInfo, StreamOutlet, local_clock
+
+    bundle = load_bundle(tiny_bundle)
+    play(_session(tiny_dataset), markers="none")
+    info = StreamInfo(f"{stream_name}-own-markers", "Markers", 1, 0.0, "int32", f"{stream_name}-own-src")
+    outlet = StreamOutlet(info)
+    live = LiveSession(bundle, stream_name, markers=f"{stream_name}-own-markers", device="cpu",
+                       no_data_timeout=1.0).start()
+    try:
+        time.sleep(0.5)
+        outlet.push_sample(np.array([3], dtype=np.int32), timestamp=local_clock() + 60.0)  # never reached
+        outlet.push_sample(np.array([4], dtype=np.int32), timestamp=local_clock() - 600.0)  # before the buffer
+        records, deadline = [], time.monotonic() + 10
+        while time.monotonic() < deadline and live.epocher is not None and (
+                live.stats.markers < 2 or live.epocher.pending):
+            records += live.step()
+            time.sleep(0.01)
+    finally:
+        summary = live.close()
+        del outlet
+    assert records == []
+    assert summary["markers_seen"] == 2
+    assert summary["epochs_rejected"]["no data"] + summary["epochs_rejected"]["overrun"] == 2
+    assert summary["epochs_rejected"]["no data"] >= 1 and summary["epochs_pending"] == 0
