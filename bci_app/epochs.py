@@ -9,7 +9,8 @@ the window is taken from the ring buffer, channels picked **by name**, and
 preprocessed as one batch.
 
 An epoch is rejected (and counted, with the reason) when no data comes for its marker,
-when the stream had a gap inside its window, when its samples are not finite, or when it
+when the stream had a gap inside its window, when its samples are not finite, when its
+window began before the first sample received (a marker just after connecting), or when it
 fell out of the buffer.
 """
 
@@ -30,7 +31,7 @@ __all__ = ["MarkerEvent", "ReadyEpoch", "OnlineEpocher", "REJECT_REASONS"]
 
 logger = logging.getLogger("bci_app")
 
-REJECT_REASONS = ("no data", "gap", "non-finite", "overrun")
+REJECT_REASONS = ("no data", "gap", "non-finite", "before start", "overrun")
 
 
 @dataclass
@@ -90,6 +91,13 @@ class OnlineEpocher:
         """Raw window around the onset, in seconds (start, end)."""
         return self.start / self.sfreq, (self.start + self.n_in) / self.sfreq
 
+    @staticmethod
+    def _too_old(src: EEGSource) -> str:
+        """Why a window that begins before the buffer is missing: it began before the
+        first sample received ("before start", e.g. a marker just after connecting), or
+        it fell out of the buffer ("overrun")."""
+        return "before start" if src.oldest == 0 else "overrun"
+
     def add(self, marker: MarkerEvent) -> None:
         self.pending.append(marker)
 
@@ -115,14 +123,14 @@ class OnlineEpocher:
                 # whole sample for timestamp jitter; farther means it fell in a gap
                 if found is None or abs(found[1]) > 2.0 * half:
                     # no sample at the marker's time: it fell in a gap, or before the buffer
-                    rejected.append((m, "overrun" if found is not None and found[0] == src.oldest and found[1] > 0
-                                     else "no data"))
+                    rejected.append((m, self._too_old(src) if found is not None and found[0] == src.oldest
+                                     and found[1] > 0 else "no data"))
                     continue
                 m.onset = found[0]
             first = m.onset + self.start
             last = first + self.n_in  # exclusive
             if first < src.oldest:
-                rejected.append((m, "overrun"))
+                rejected.append((m, self._too_old(src)))
             elif src.n_total >= last:
                 if src.has_gap(first, last):
                     rejected.append((m, "gap"))

@@ -14,15 +14,9 @@ from trainer.errors import BCIError
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_dataset, tmp_path_factory):
-    """A bundle fitted quickly on subject 1 of the tiny set (random resnet10t, 2 epochs)."""
-    from trainer.fit import FitConfig, fit
-
-    root = tmp_path_factory.mktemp("decoder_bundle")
-    fit(FitConfig(data=str(tiny_dataset), subject=1, out=str(root / "run"), backbone="resnet10t", weights="random",
-                  layers="1", epochs=2, batch_size=128, proj_dim=32, embed_dim=64, cache=str(root / "cache"),
-                  device="cpu"))
-    return load_bundle(root / "run")
+def bundle(tiny_bundle):
+    """The shared tiny bundle (tests/bci_app/conftest.py), loaded once for this module."""
+    return load_bundle(tiny_bundle)
 
 
 @pytest.fixture(scope="module")
