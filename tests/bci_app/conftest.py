@@ -20,6 +20,24 @@ def tiny_bundle(tiny_dataset, tmp_path_factory):
     return root / "run"
 
 
+@pytest.fixture(scope="session")
+def lead_session(tiny_dataset):
+    """The tiny set's first raw test session (subject 1) with 4 s of its own first samples
+    played before it, so the live side has connected before the first marker (epochs are
+    cut from windows around markers: what comes before them changes nothing).  Shared:
+    tests copy ``raw`` before changing it."""
+    import mne
+
+    from bci_app.sessions import Marker, ReplaySession, read_session
+
+    base = read_session(tiny_dataset / "raw_data" / "sub-01" / "ses-01" / "raw_eeg_test.npy")
+    n = int(4.0 * base.sfreq)
+    head = mne.io.RawArray(base.raw.get_data(stop=n), base.raw.info, verbose="error")
+    raw = mne.concatenate_raws([head, base.raw.copy()], verbose="error")
+    return ReplaySession(raw=raw, markers=[Marker(m.sample + n, m.code, m.label) for m in base.markers],
+                         source=base.source)
+
+
 @pytest.fixture
 def stream_name(request):
     """A stream name no other test uses."""

@@ -12,22 +12,11 @@ import numpy as np
 import pytest
 
 from bci_app.cli import main
-from bci_app.sessions import Marker, ReplaySession, read_session
 from bci_app.streams import list_streams
 
 
-def _session_with_lead(root, lead=4.0):
-    import mne
-
-    base = read_session(root / "raw_data" / "sub-01" / "ses-01" / "raw_eeg_test.npy")
-    n = int(lead * base.sfreq)
-    head = mne.io.RawArray(base.raw.get_data(stop=n), base.raw.info, verbose="error")
-    raw = mne.concatenate_raws([head, base.raw.copy()], verbose="error")
-    return ReplaySession(raw=raw, markers=[Marker(m.sample + n, m.code, m.label) for m in base.markers])
-
-
-def test_headless_writes_json_lines_and_a_summary(tiny_dataset, tiny_bundle, play, stream_name, tmp_path, capsys):
-    play(_session_with_lead(tiny_dataset))
+def test_headless_writes_json_lines_and_a_summary(lead_session, tiny_bundle, play, stream_name, tmp_path, capsys):
+    play(lead_session)
     summary_file = tmp_path / "summary.json"
     code = main(["--bundle", str(tiny_bundle), "--stream", stream_name, "--headless", "--max-epochs", "6",
                  "--device", "cpu", "--summary", str(summary_file)])
@@ -46,8 +35,8 @@ def test_headless_writes_json_lines_and_a_summary(tiny_dataset, tiny_bundle, pla
     assert summary["decision_latency"]["n"] == 6
 
 
-def test_streams_lists_eeg_and_marker_streams(tiny_dataset, play, stream_name, capsys):
-    play(_session_with_lead(tiny_dataset), markers="string")
+def test_streams_lists_eeg_and_marker_streams(lead_session, play, stream_name, capsys):
+    play(lead_session, markers="string")
     assert main(["streams", "--timeout", "1.5", "--json"]) == 0
     found = {s["name"]: s for s in map(json.loads, capsys.readouterr().out.splitlines())}
     eeg, markers = found[stream_name], found[f"{stream_name}-markers"]

@@ -25,20 +25,6 @@ def _test_file(root, subject=1, session=1):
     return root / "raw_data" / f"sub-{subject:02d}" / f"ses-{session:02d}" / "raw_eeg_test.npy"
 
 
-def _session(root, lead=4.0):
-    """The tiny test session with ``lead`` seconds of its own first samples played before
-    it, so the live side has connected before the first marker (epochs are cut from
-    windows around markers, so what comes before them changes nothing)."""
-    import mne
-
-    base = read_session(_test_file(root))
-    n = int(lead * base.sfreq)
-    head = mne.io.RawArray(base.raw.get_data(stop=n), base.raw.info, verbose="error")
-    raw = mne.concatenate_raws([head, base.raw.copy()], verbose="error")
-    markers = [Marker(m.sample + n, m.code, m.label) for m in base.markers]
-    return ReplaySession(raw=raw, markers=markers, source=base.source)
-
-
 def _offline(path, bundle):
     epochs, codes = epoch_session(read_raw_session(path), bundle.spec)
     return epochs, codes
@@ -61,10 +47,10 @@ def _align(values, codes):
     raise AssertionError(f"live marker sequence {values[:8]}... is not in the file's events")
 
 
-def test_online_epochs_and_predictions_equal_offline(tiny_dataset, tiny_bundle, play, run_until, stream_name):
+def test_online_epochs_and_predictions_equal_offline(tiny_dataset, lead_session, tiny_bundle, play, run_until, stream_name):
     bundle = load_bundle(tiny_bundle)
     path = _test_file(tiny_dataset)
-    play(_session(tiny_dataset))
+    play(lead_session)
     live = LiveSession(bundle, stream_name, device="cpu").start()
     try:
         records, ready = run_until(live, 25)
@@ -92,9 +78,9 @@ def test_online_epochs_and_predictions_equal_offline(tiny_dataset, tiny_bundle, 
     assert summary["decision_latency"]["n"] == 25
 
 
-def test_string_markers_are_resolved_through_the_gallery(tiny_dataset, tiny_bundle, play, run_until, stream_name):
+def test_string_markers_are_resolved_through_the_gallery(tiny_dataset, lead_session, tiny_bundle, play, run_until, stream_name):
     bundle = load_bundle(tiny_bundle)
-    session = _session(tiny_dataset)
+    session = lead_session
     assert all("/" in m.label for m in session.markers if m.code != 99999)  # concept/file labels
     play(session, markers="string")
     live = LiveSession(bundle, stream_name, device="cpu").start()
@@ -109,12 +95,12 @@ def test_string_markers_are_resolved_through_the_gallery(tiny_dataset, tiny_bund
         assert r["stimulus_id"] == (None if r["marker"] == "catch" else labels[r["marker"]])
 
 
-def test_shuffled_and_extra_channels_are_picked_by_name(tiny_dataset, tiny_bundle, play, run_until, stream_name):
+def test_shuffled_and_extra_channels_are_picked_by_name(tiny_dataset, lead_session, tiny_bundle, play, run_until, stream_name):
     import mne
 
     bundle = load_bundle(tiny_bundle)
     path = _test_file(tiny_dataset)
-    base = _session(tiny_dataset)
+    base = lead_session
     rng = np.random.default_rng(0)
     order = list(rng.permutation(base.ch_names))
     raw = base.raw.copy().reorder_channels(order)
@@ -134,9 +120,9 @@ def test_shuffled_and_extra_channels_are_picked_by_name(tiny_dataset, tiny_bundl
     np.testing.assert_allclose(np.stack([r.epoch for r in ready]), off_epochs[k : k + len(ready)], rtol=0, atol=2e-5)
 
 
-def test_stream_at_another_rate_is_resampled_like_offline(tiny_dataset, tiny_bundle, play, run_until, stream_name):
+def test_stream_at_another_rate_is_resampled_like_offline(tiny_dataset, lead_session, tiny_bundle, play, run_until, stream_name):
     bundle = load_bundle(tiny_bundle)
-    base = _session(tiny_dataset)
+    base = lead_session
     raw = base.raw.copy().resample(500.0, npad="auto", verbose="error")
     markers = [Marker(int(round(m.sample / 2)), m.code, m.label) for m in base.markers]
     play(ReplaySession(raw=raw, markers=markers, source="500 Hz"))
@@ -160,9 +146,9 @@ def test_stream_at_another_rate_is_resampled_like_offline(tiny_dataset, tiny_bun
     assert expected.shape[1:] == (bundle.n_chans, bundle.n_times)
 
 
-def test_missing_channels_are_named(tiny_dataset, tiny_bundle, play, stream_name):
+def test_missing_channels_are_named(tiny_dataset, lead_session, tiny_bundle, play, stream_name):
     bundle = load_bundle(tiny_bundle)
-    base = _session(tiny_dataset)
+    base = lead_session
     gone = list(bundle.spec.channels[:2])
     raw = base.raw.copy().drop_channels(gone)
     play(ReplaySession(raw=raw, markers=base.markers, source="missing"))
@@ -173,9 +159,9 @@ def test_missing_channels_are_named(tiny_dataset, tiny_bundle, play, stream_name
     assert "missing required channel(s): " + ", ".join(gone) in str(err.value)
 
 
-def test_unknown_marker_values_and_non_finite_samples(tiny_dataset, tiny_bundle, play, run_until, stream_name):
+def test_unknown_marker_values_and_non_finite_samples(tiny_dataset, lead_session, tiny_bundle, play, run_until, stream_name):
     bundle = load_bundle(tiny_bundle)
-    base = _session(tiny_dataset)
+    base = lead_session
     raw = base.raw.copy()
     image = [m for m in base.markers if m.code != 99999]
     # the 6th image marker becomes an unknown value; one NaN sample in a model channel
@@ -202,9 +188,9 @@ def test_unknown_marker_values_and_non_finite_samples(tiny_dataset, tiny_bundle,
     assert image[8].code in [r["marker"] for r in records]  # the Fp1 NaN harmed nothing
 
 
-def test_stream_loss_and_return(tiny_dataset, tiny_bundle, play, run_until, stream_name, tmp_path):
+def test_stream_loss_and_return(tiny_dataset, lead_session, tiny_bundle, play, run_until, stream_name, tmp_path):
     bundle = load_bundle(tiny_bundle)
-    base = _session(tiny_dataset)
+    base = lead_session
     player = play(base)
     live = LiveSession(bundle, stream_name, device="cpu", stall_timeout=0.5, record=tmp_path / "rec").start()
     try:
@@ -234,11 +220,11 @@ def test_stream_loss_and_return(tiny_dataset, tiny_bundle, play, run_until, stre
     assert "BAD_gap" in list(raw.annotations.description)
 
 
-def test_record_then_replay_gives_the_same_predictions(tiny_dataset, tiny_bundle, play, run_until, stream_name, tmp_path):
+def test_record_then_replay_gives_the_same_predictions(tiny_dataset, lead_session, tiny_bundle, play, run_until, stream_name, tmp_path):
     import mne
 
     bundle = load_bundle(tiny_bundle)
-    play(_session(tiny_dataset))
+    play(lead_session)
     live = LiveSession(bundle, stream_name, device="cpu", record=tmp_path / "rec").start()
     try:
         records, _ = run_until(live, 12)
@@ -265,7 +251,7 @@ def test_record_then_replay_gives_the_same_predictions(tiny_dataset, tiny_bundle
         np.testing.assert_allclose(a["confidence"], b["confidence"], atol=1e-4)
 
 
-def test_markers_without_data_are_rejected_and_counted(tiny_dataset, tiny_bundle, play, stream_name):
+def test_markers_without_data_are_rejected_and_counted(tiny_dataset, lead_session, tiny_bundle, play, stream_name):
     """A marker for a time the EEG never reaches (the EEG stopped; or a marker source
     with a wrong clock) waits no_data_timeout, then is rejected as "no data"; one from
     before the app connected is rejected too.  Real marker outlet, real EEG stream."""
@@ -274,7 +260,7 @@ def test_markers_without_data_are_rejected_and_counted(tiny_dataset, tiny_bundle
     from mne_lsl.lsl import StreamInfo, StreamOutlet, local_clock
 
     bundle = load_bundle(tiny_bundle)
-    play(_session(tiny_dataset), markers="none")
+    play(lead_session, markers="none")
     info = StreamInfo(f"{stream_name}-own-markers", "Markers", 1, 0.0, "int32", f"{stream_name}-own-src")
     outlet = StreamOutlet(info)
     live = LiveSession(bundle, stream_name, markers=f"{stream_name}-own-markers", device="cpu",
