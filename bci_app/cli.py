@@ -87,6 +87,8 @@ def _print_summary(summary: dict) -> None:
 
 
 def _run_headless(args: argparse.Namespace) -> int:
+    from mne_lsl.lsl import local_clock
+
     from trainer.bundle import load_bundle
 
     from .pipeline import LiveSession
@@ -131,8 +133,6 @@ def _run_headless(args: argparse.Namespace) -> int:
                 reason = f"{args.duration:g} s elapsed"
                 break
             if args.idle_exit is not None and session.source.last_arrival is not None:
-                from mne_lsl.lsl import local_clock
-
                 if local_clock() - session.source.last_arrival > args.idle_exit:
                     reason = f"no data for {args.idle_exit:g} s"
                     break

@@ -17,7 +17,7 @@ fell out of the buffer.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,6 @@ class MarkerEvent:
     label: str
     received: float
     onset: int | None = None  # absolute sample index, once matched
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -234,7 +234,6 @@ class _Markers:
     """Common part of the marker subscriptions: ``poll()`` -> list of (lsl_time, value)."""
 
     name: str
-    kind: str
 
     def poll(self) -> list[tuple[float, Any]]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -246,8 +245,6 @@ class _Markers:
 class NumericMarkers(_Markers):
     """Numeric markers through an mne-lsl event stream (``StreamLSL`` on an irregular
     numeric stream; every chunk is taken from its acquisition callback)."""
-
-    kind = "numeric"
 
     def __init__(self, sinfo, *, timeout: float = 5.0):
         from mne_lsl.stream import StreamLSL
@@ -291,8 +288,6 @@ class NumericMarkers(_Markers):
 
 class StringMarkers(_Markers):
     """String (or any) markers through a plain ``StreamInlet`` with clock correction."""
-
-    kind = "string"
 
     def __init__(self, sinfo, *, timeout: float = 5.0):
         from mne_lsl.lsl import StreamInlet
