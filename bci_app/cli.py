@@ -32,26 +32,38 @@ def _live_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bci-app",
         description="Decode a live EEG stream with a model bundle: epochs on stimulus markers, retrieves the "
-                    "seen image among the bundle's gallery. Other commands: 'bci-app streams' (list LSL streams), "
+                    "seen image among the bundle's gallery, in a window (default) or --headless. 'bci-app --demo' "
+                    "runs everything on synthetic data with no amplifier. Other commands: 'bci-app streams' (list LSL streams), "
                     "'bci-app recover DIR' (finish a recording left by a crash), 'bci-app sys-info'.",
     )
-    p.add_argument("--bundle", required=True, help="model bundle folder (a bci-train fit run)")
-    p.add_argument("--stream", required=True, help="name of the EEG LSL stream")
+    p.add_argument("--bundle", default=None,
+                   help="model bundle folder (a bci-train fit run); the window can also open one")
+    p.add_argument("--stream", default=None,
+                   help="name of the EEG LSL stream; with --bundle the window connects at once")
     p.add_argument("--source-id", default=None, help="source id of the EEG stream, when several share its name")
     p.add_argument("--markers", default=None,
                    help="name of the marker stream (numeric or string); default: STREAM-markers, or the only "
                         "marker stream on the network")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--top-k", type=int, default=5, help="candidates reported per epoch (default 5)")
+    p.add_argument("--device", default=None, help="auto (GPU when present), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--top-k", type=int, default=None, help="candidates reported per epoch (default 5)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for decoding (default 1: the lowest latency for the few epochs decoded "
                         "at a time; more for large encoders on CPU)")
     p.add_argument("--headless", action="store_true",
                    help="no window: one JSON line per decoded epoch on stdout, logs and the summary on stderr")
+    p.add_argument("--demo", action="store_true",
+                   help="the demo: make (first time, a few minutes) or reuse synthetic data and a demo bundle, "
+                        "replay a session in a background process and decode it")
+    p.add_argument("--demo-dir", default=None, metavar="DIR",
+                   help="where the demo keeps its data and bundle (default $BCI_DEMO_DIR or "
+                        "~/.cache/shallow-bci/demo)")
+    p.add_argument("--screenshot", default=None, metavar="FILE",
+                   help="window only: save the window as PNG once --max-epochs epochs (default 1) are decoded, "
+                        "then exit (exit code 2 on an error)")
     p.add_argument("--max-epochs", type=int, default=None, help="stop after N decoded epochs")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--idle-exit", type=float, default=None,
-                   help="stop when the stream has sent nothing for this many seconds (e.g. a replay that ended)")
+                   help="headless: stop when the stream has sent nothing for this many seconds (e.g. a replay that ended)")
     p.add_argument("--record", default=None, metavar="DIR",
                    help="record the raw EEG, markers and predictions into DIR (a new folder)")
     p.add_argument("--summary", default=None, metavar="FILE", help="also write the summary as JSON to FILE")
@@ -86,13 +98,7 @@ def _print_summary(summary: dict) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _run_headless(args: argparse.Namespace) -> int:
-    from mne_lsl.lsl import local_clock
-
-    from trainer.bundle import load_bundle
-
-    from .pipeline import LiveSession
-
+def _check_args(args: argparse.Namespace) -> None:
     for name in ("max_epochs", "top_k", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -101,6 +107,60 @@ def _run_headless(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    if args.demo and (args.bundle or args.stream):
+        raise ValueError("--demo makes its own bundle and stream; leave out --bundle and --stream")
+    if args.screenshot and args.headless:
+        raise ValueError("--screenshot needs the window; leave out --headless")
+    if args.screenshot and not (args.demo or (args.bundle and args.stream)):
+        raise ValueError("--screenshot needs something to decode: --demo, or --bundle and --stream")
+
+
+def _run_headless(args: argparse.Namespace) -> int:
+    replay = None
+    if args.demo:
+        from .demo import prepare_demo, start_replay
+
+        files = prepare_demo(args.demo_dir, progress=_progress_bars())
+        replay = start_replay(files)
+        print(f"bci-app: demo: replaying {files.session} as {replay.name!r}", file=sys.stderr, flush=True)
+        args.bundle, args.stream = str(files.bundle), replay.name
+        args.markers, args.source_id = f"{replay.name}-markers", f"{replay.name}-src"
+        args.timeout = max(args.timeout, 30.0)
+    try:
+        return _decode_headless(args)
+    finally:
+        if replay is not None:
+            replay.stop()
+
+
+def _progress_bars():
+    """A progress(phase, done, total) callback drawing one tqdm bar per phase on stderr."""
+    from tqdm import tqdm
+
+    bars: dict = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[phase] = tqdm(total=total, desc=phase, file=sys.stderr, leave=False, disable=None,
+                                     dynamic_ncols=True)
+        bar.n = done
+        bar.refresh()
+
+    return progress
+
+
+def _decode_headless(args: argparse.Namespace) -> int:
+    from mne_lsl.lsl import local_clock
+
+    from trainer.bundle import load_bundle
+
+    from .pipeline import LiveSession
+
+    if not args.bundle or not args.stream:
+        raise ValueError("--headless needs --bundle and --stream (or --demo)")
     bundle = load_bundle(args.bundle)
     # mne-lsl's acquisition thread and this loop share the GIL: hand it over sooner than
     # the default 5 ms, so a ready epoch does not wait for the other thread's time slice
@@ -108,7 +168,8 @@ def _run_headless(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    session = LiveSession(bundle, args.stream, markers=args.markers, device=args.device, top_k=args.top_k,
+    session = LiveSession(bundle, args.stream, markers=args.markers, device=args.device or "auto",
+                          top_k=args.top_k or 5,
                           record=args.record, timeout=args.timeout, source_id=args.source_id)
     session.start()
     stop = {"flag": False}
@@ -236,8 +297,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_recover(argv[1:])
         args = _live_parser().parse_args(argv)
         _setup_logging(args.verbose)
+        _check_args(args)
         if not args.headless:
-            raise BCIError("the desktop window is not part of this version yet; run with --headless")
+            from .gui import run_window
+
+            sys.setswitchinterval(0.0005)
+            import torch
+
+            torch.set_num_threads(args.threads)
+            return run_window(args)
         return _run_headless(args)
     except (BCIError, StreamError, ValueError, TypeError, OSError) as err:
         print(f"bci-app{' ' + command if command else ''}: error: {err}", file=sys.stderr)

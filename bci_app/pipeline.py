@@ -116,6 +116,7 @@ class LiveSession:
         self._last_reconnect = 0.0
         self.events: list[str] = []  # status messages for the GUI / log
         self.last_epochs: list = []
+        self.last_markers: list[MarkerEvent] = []  # the markers received in the last step
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> "LiveSession":
@@ -128,16 +129,42 @@ class LiveSession:
         self.markers = open_markers(name, timeout=self.timeout)
         self.marker_name = name
         if self.record_dir is not None:
-            from .recording import SessionRecorder
-
-            self.recorder = SessionRecorder(self.record_dir, self.source.ch_names, self.source.sfreq, info={
-                "stream": self.stream_name, "source_id": self.source.source_id, "markers": name,
-                "bundle": str(self.bundle.path), "device": str(self.decoder.device)})
+            self.start_recording(self.record_dir, from_start=True)
         self.status = "connected"
         self._started = local_clock()
         logger.info("decoding stream %r with markers %r on %s; raw window %.3f..%.3f s around each marker",
                     self.stream_name, name, self.decoder.device, *self.epocher.window_seconds)
         return self
+
+    def start_recording(self, folder: str | Path, *, from_start: bool = False) -> None:
+        """Record into ``folder`` (a new folder; see :mod:`bci_app.recording`) from the next
+        sample on, or with ``from_start`` from the oldest sample still buffered."""
+        from .recording import SessionRecorder
+
+        if self.recorder is not None:
+            raise RuntimeError(f"already recording into {self.recorder.folder}")
+        if self.epocher is None:
+            raise RuntimeError("start the session before recording")
+        self.recorder = SessionRecorder(folder, self.source.ch_names, self.source.sfreq, info={
+            "stream": self.stream_name, "source_id": self.source.source_id, "markers": self.marker_name,
+            "bundle": str(self.bundle.path), "device": str(self.decoder.device)})
+        self.record_dir = Path(folder)
+        self._recorded = self.source.oldest if from_start else self.source.n_total
+        self._gaps_recorded = 0 if from_start else len(self.source.gaps)
+        self._rec_offset = -self._recorded
+
+    def stop_recording(self) -> Path | None:
+        """Finish the recording (the journal becomes ``recording-raw.fif``); returns that file."""
+        rec = self.recorder
+        if rec is None:
+            return None
+        try:
+            self._feed_recorder()
+        except Exception as err:  # the journal on disk is what matters
+            logger.error("recording: %s", err)
+        finally:
+            self.recorder = None
+        return rec.close(self.summary())
 
     def close(self) -> dict:
         """Stop, finish the recording, return the summary."""
@@ -225,6 +252,7 @@ class LiveSession:
                 self._note(f"marker stream {self.marker_name!r}: {type(err).__name__}: {err}")
             self.status = "markers lost"
             incoming = []
+        received = []
         for t, value in incoming:
             sid = self.stimuli(value)
             self.stats.markers += 1
@@ -237,7 +265,10 @@ class LiveSession:
                     if label not in self.stats.unknown_values and len(self.stats.unknown_values) < 20:
                         logger.warning("marker %r is not a stimulus of this bundle's gallery (decoded, no stimulus id)", label)
                     self.stats.unknown_values[label] = self.stats.unknown_values.get(label, 0) + 1
-            self.epocher.add(MarkerEvent(t=t, value=value, stimulus_id=sid, label=label, received=now))
+            event = MarkerEvent(t=t, value=value, stimulus_id=sid, label=label, received=now)
+            self.epocher.add(event)
+            received.append(event)
+        self.last_markers = received
         ready, rejected = self.epocher.poll(now)
         self.last_epochs = ready  # the preprocessed epochs behind this step's results
         if self.recorder is not None:

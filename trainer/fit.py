@@ -220,6 +220,7 @@ def _train_layer(
     device: torch.device,
     ckpt_dir: Path,
     fingerprint: str,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[LayerResult, AlignmentModel]:
     from tqdm import tqdm
 
@@ -278,6 +279,8 @@ def _train_layer(
             result.best_val_top1, result.best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{total / n:.3f}", val_top1=f"{val:.3f}", best=f"{result.best_val_top1:.3f}")
+        if progress is not None:
+            progress(f"training {_layer_key(layer)}", epoch + 1, cfg.epochs)
         # checkpoint at most every CHECKPOINT_SECONDS (and after the last epoch): an
         # interruption loses little, and small runs are not slowed by writing weights each epoch
         if epoch == cfg.epochs - 1 or time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
@@ -299,7 +302,8 @@ def _fingerprint(cfg: FitConfig, layer_key: str, extra: dict) -> str:
     return hashlib.sha256(json.dumps([keep, layer_key, extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def image_features(backbone, cfg: FitConfig, train_images, test_images, layers, cache: Path) -> tuple[dict, dict]:
+def image_features(backbone, cfg: FitConfig, train_images, test_images, layers, cache: Path,
+                   report: Callable[[str, int, int], None] | None = None) -> tuple[dict, dict]:
     """Pooled features of the training and test images for ``layers`` (one backbone pass
     per image set for all layers; cached on disk)."""
     from tqdm import tqdm
@@ -312,9 +316,11 @@ def image_features(backbone, cfg: FitConfig, train_images, test_images, layers, 
         bar = tqdm(total=len(images), desc=f"{backbone.name} features ({part})", unit="img", file=sys.stderr,
                    disable=None, leave=False, dynamic_ncols=True)
 
-        def progress(done: int, total: int, bar=bar) -> None:
+        def progress(done: int, total: int, bar=bar, part=part) -> None:
             bar.n = done
             bar.refresh()
+            if report is not None:
+                report(f"image features ({part})", done, total)
 
         try:
             out.append(cached_features(backbone, images, layers, pooling=cfg.pooling, cache_dir=cache / "features",
@@ -325,9 +331,11 @@ def image_features(backbone, cfg: FitConfig, train_images, test_images, layers, 
     return out[0], out[1]
 
 
-def fit(cfg: FitConfig) -> dict[str, Any]:
+def fit(cfg: FitConfig, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Train, select on validation concepts, evaluate on the test set, write the bundle.
 
+    ``progress(phase, done, total)``, when given, is called as image features are computed
+    and after every training epoch of every candidate layer.
     Returns the metrics (also in ``RUN/metrics.json``)."""
     from .vision import load_backbone, resolve_device
 
@@ -352,7 +360,8 @@ def fit(cfg: FitConfig) -> dict[str, Any]:
 
     keys = [_layer_key(k) for k in candidates]
     cache.mkdir(parents=True, exist_ok=True)
-    feats_train, feats_test = image_features(backbone, cfg, data.train_images, data.test_images, candidates, cache)
+    feats_train, feats_test = image_features(backbone, cfg, data.train_images, data.test_images, candidates, cache,
+                                            report=progress)
 
     concepts = data.train_images.concept_index[data.train_image_ids]
     fit_rows, val_rows = validation_split(concepts, fraction=cfg.val_fraction, seed=cfg.seed)
@@ -362,7 +371,7 @@ def fit(cfg: FitConfig) -> dict[str, Any]:
     extra = {"backbone": backbone.weights_id, "n_train": len(data.train), "spec": data.spec.to_dict()}
     for layer, key in zip(candidates, keys):
         res, model = _train_layer(cfg, layer, data, feats_train[key], split, device,
-                                  out / "checkpoints", _fingerprint(cfg, key, extra))
+                                  out / "checkpoints", _fingerprint(cfg, key, extra), progress=progress)
         results.append(res)
         logger.info("%s (depth %s): best validation top-1 %.3f at epoch %d", key,
                     "final" if layer == "final" else f"{(layer + 1) / backbone.n_layers:.2f}", res.best_val_top1, res.best_epoch)

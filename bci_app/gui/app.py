@@ -1,0 +1,124 @@
+"""``bci-app`` with a window: the Qt application around :class:`MainWindow`, the demo
+start-up, ``--screenshot`` and ``--max-epochs``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+__all__ = ["run_window"]
+
+logger = logging.getLogger("bci_app")
+
+
+def run_window(args) -> int:
+    """Open the window as the command line asks; returns the exit code."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from .window import MainWindow
+
+    _route_qt_messages()
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    app.setApplicationName("bci-app")
+    app.setOrganizationName("shallow-bci")
+    window = MainWindow()
+    state = {"code": 0, "replay": None}
+
+    def fail(message: str) -> None:
+        """Non-interactive runs (--screenshot) end on the first error."""
+        print(f"bci-app: error: {message}", file=sys.stderr)
+        state["code"] = 2
+        window.close()
+
+    def excepthook(kind, value, tb):  # an unexpected error in a slot: into the window, not a traceback
+        logger.debug("unexpected error", exc_info=(kind, value, tb))
+        window.show_error(f"unexpected {kind.__name__}: {value}")
+
+    previous_hook = sys.excepthook
+    sys.excepthook = excepthook
+    if args.screenshot:
+        window.screenshot_after(args.max_epochs or 1, args.screenshot)
+        window.screenshot_saved.connect(lambda path: (state.__setitem__("code", 0 if path else 2), window.close()))
+        window.error_shown.connect(fail)
+    elif args.max_epochs:
+        window.epochs_decoded.connect(lambda n: window.close() if n >= args.max_epochs else None)
+    if args.duration:
+        QTimer.singleShot(int(args.duration * 1000), window.close)
+
+    def connect_given():
+        window.connect_stream(args.stream, args.markers or "", timeout=args.timeout, source_id=args.source_id,
+                              record=args.record)
+
+    if args.top_k:
+        window.model.top_k.setValue(args.top_k)
+    if args.device:
+        window.model.device.setCurrentText(args.device)
+    if args.demo:
+        _start_demo(window, args, state)
+    elif args.bundle:
+        window.load_bundle(args.bundle, then=connect_given if args.stream else None)
+    else:
+        last = window.settings.value("model/bundle", "")
+        if last and Path(str(last)).is_dir():
+            window.load_bundle(str(last))
+        if args.stream:
+            window.streams.eeg.setCurrentText(args.stream)
+    window.refresh_streams()
+
+    # Ctrl-C in the terminal closes the window like the close button
+    signal.signal(signal.SIGINT, lambda *_: window.close())
+    signal.signal(signal.SIGTERM, lambda *_: window.close())
+    keepalive = QTimer()  # lets Python see signals while Qt runs
+    keepalive.start(200)
+    keepalive.timeout.connect(lambda: None)
+    window.show()
+    try:
+        app.exec()
+    finally:
+        sys.excepthook = previous_hook
+        keepalive.stop()
+        window.shutdown()
+        if state["replay"] is not None:
+            state["replay"].stop()
+    return state["code"]
+
+
+def _route_qt_messages() -> None:
+    """Qt's own warnings go to the log (debug level) instead of stderr: the offscreen
+    platform, for one, warns on every resize."""
+    from PySide6.QtCore import QtMsgType, qInstallMessageHandler
+
+    def handler(kind, context, message):
+        level = logging.WARNING if kind in (QtMsgType.QtCriticalMsg, QtMsgType.QtFatalMsg) else logging.DEBUG
+        logging.getLogger("bci_app.qt").log(level, "Qt: %s", message)
+
+    qInstallMessageHandler(handler)
+
+
+def _start_demo(window, args, state) -> None:
+    """Prepare the demo data and bundle on a worker thread (progress in the status bar),
+    start the replay process, then load the bundle and connect."""
+    from ..demo import prepare_demo, start_replay
+
+    window.note("demo: preparing the synthetic data and the demo bundle (a few minutes the first time)")
+
+    def ready(files):
+        replay = start_replay(files)
+        state["replay"] = replay
+        window.note(f"demo: replaying {files.session} as {replay.name!r} (bci-replay, looping)")
+        window.streams.eeg.setCurrentText(replay.name)
+
+        def connect():
+            if not replay.running:
+                window.show_error(f"demo: the replay process ended: {replay.error_text() or 'no output'}")
+                return
+            window.connect_stream(replay.name, f"{replay.name}-markers", timeout=max(args.timeout, 30.0),
+                                  source_id=f"{replay.name}-src")
+
+        window.load_bundle(files.bundle, then=connect)
+
+    window.run_task(lambda progress: prepare_demo(args.demo_dir, progress=progress), ready, "demo",
+                    on_failed=lambda m: window.show_error(f"demo: {m}"), progress=True)

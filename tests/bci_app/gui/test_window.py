@@ -1,0 +1,151 @@
+"""The main window over real LSL on loopback: it connects to a replayed session, shows
+candidates and figures, records, remembers settings, shows errors in the window and closes
+its workers in bounded time."""
+
+from __future__ import annotations
+
+import time
+
+import mne
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from bci_app.gui.window import MainWindow
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    win.record_dir = tmp_path / "recordings"
+    win.show()
+    yield win
+    win.close()
+
+
+def _load(qtbot, win, path):
+    with qtbot.waitSignal(win.bundle_loaded, timeout=30000):
+        win.load_bundle(path)
+
+
+@pytest.mark.slow
+def test_window_decodes_a_replayed_stream_records_and_closes(qtbot, window, tiny_bundle, lead_session, play,
+                                                            stream_name, tmp_path):
+    win = window
+    _load(qtbot, win, tiny_bundle)
+    assert win.model.backbone.text().startswith("resnet10t")
+    assert "20 images" in win.model.gallery.text()
+    play(lead_session)
+    win.connect_stream(stream_name, timeout=10.0)
+    records = []
+    win.live.decoded.connect(records.extend)
+    # signals of the window (GUI thread), not of the worker: what the user sees
+    qtbot.waitUntil(lambda: win.streams.state.text() == "connected", timeout=20000)
+    # record a stretch from the window
+    with qtbot.waitSignal(win.recording_changed, timeout=10000) as started:
+        win.toggle_recording()
+    assert started.args[0] == "started"
+    assert win.record_label.text().startswith("● REC")
+    qtbot.waitUntil(lambda: win.epochs >= 8, timeout=60000)
+    with qtbot.waitSignal(win.recording_changed, timeout=30000) as stopped:
+        win.toggle_recording()
+    assert stopped.args[0] == "stopped", stopped.args
+    fif = stopped.args[1]
+    raw = mne.io.read_raw_fif(fif, verbose="error")
+    assert raw.info["sfreq"] == lead_session.raw.info["sfreq"] and raw.n_times > 1000
+    assert len(raw.annotations) > 0  # the markers of the recorded stretch
+
+    qtbot.waitUntil(lambda: bool(win.summary) and win.summary["epochs_decoded"] >= 10, timeout=60000)
+    qtbot.waitUntil(lambda: win.figures.labels["epochs"].text() not in ("–", "0"), timeout=5000)
+    # the candidate view shows the last decoded epoch
+    last = records[-1]
+    qtbot.waitUntil(lambda: win.candidates.records >= len(records), timeout=5000)
+    assert [c.stimulus_id for c in win.candidates.rows["single"][:5]] == last["topk"]
+    assert win.candidates.truth.stimulus_id == last["stimulus_id"]
+    assert not win.candidates.rows["single"][0].image.pixmap().isNull()
+    assert "%" in win.figures.labels["single"].text()
+    assert "ms" in win.figures.labels["latency_pct"].text()
+    assert "measured" in win.streams.rate.text()
+    # the signal view draws the model's channels
+    assert win.signal.channels == list(win.bundle.spec.channels)
+    qtbot.waitUntil(lambda: win.signal.frames > 3, timeout=5000)
+    x, y = win.signal.curve.getData()
+    assert np.isfinite(y).sum() > 100
+    win.grab().save(str(tmp_path / "window.png"))
+
+    thread = win.live_thread
+    t0 = time.monotonic()
+    win.close()
+    assert not thread.isRunning()
+    assert time.monotonic() - t0 < 10.0
+    assert win.live is None
+
+
+def test_errors_are_shown_in_the_window(qtbot, window, tmp_path):
+    win = window
+    win.connect_stream("anything")
+    assert "open a model bundle first" in win.banner.message
+    # a folder that is not a bundle
+    bad = tmp_path / "not-a-bundle"
+    bad.mkdir()
+    (bad / "bundle.json").write_text("{not json")
+    with qtbot.waitSignal(win.error_shown, timeout=20000) as err:
+        win.load_bundle(bad)
+    assert "bundle.json" in err.args[0] and win.banner.message == err.args[0]
+    assert win.bundle is None
+    with qtbot.waitSignal(win.error_shown, timeout=20000) as err:
+        win.load_bundle(tmp_path / "missing")
+    assert "missing" in err.args[0]
+
+
+@pytest.mark.slow
+def test_a_stream_that_is_not_there_is_an_error_in_the_window(qtbot, window, tiny_bundle, stream_name):
+    win = window
+    _load(qtbot, win, tiny_bundle)
+    with qtbot.waitSignal(win.live_stopped, timeout=20000):
+        win.connect_stream(stream_name, timeout=0.5)
+    assert stream_name in win.banner.message
+    assert win.live is None and win.streams.state.text() == "idle"
+    assert win.streams.connect_button.text() == "Connect"
+
+
+def test_settings_are_remembered(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from bci_app.gui.window import MainWindow
+
+    path = str(tmp_path / "settings.ini")
+    first = MainWindow(settings=QSettings(path, QSettings.IniFormat))
+    qtbot.addWidget(first)
+    first.streams.eeg.setCurrentText("my-amp")
+    first.streams.markers.setCurrentText("my-markers")
+    first.model.top_k.setValue(7)
+    first.model.device.setCurrentText("cpu")
+    first.record_dir = tmp_path / "recs"
+    first.close()
+    second = MainWindow(settings=QSettings(path, QSettings.IniFormat))
+    qtbot.addWidget(second)
+    assert second.streams.eeg.currentText() == "my-amp"
+    assert second.streams.marker_name() == "my-markers"
+    assert second.model.top_k.value() == 7 and second.candidates.top_k == 7
+    assert second.model.device.currentText() == "cpu"
+    assert second.record_dir == tmp_path / "recs"
+    second.close()
+
+
+def test_keyboard_shortcuts_reach_their_actions(qtbot, window):
+    from PySide6.QtCore import Qt
+
+    win = window
+    shortcuts = {a.shortcut().toString(): a for a in win.actions()}
+    for key in ("Ctrl+O", "F5", "Ctrl+L", "Ctrl+R", "Ctrl+Q", "F1", "Ctrl+Shift+S"):
+        assert key in shortcuts, key
+    win.activateWindow()
+    qtbot.waitUntil(win.isActiveWindow, timeout=5000)
+    qtbot.keyClick(win, Qt.Key_L, Qt.ControlModifier)  # connect, with no bundle: an error in the window
+    assert "open a model bundle first" in win.banner.message
