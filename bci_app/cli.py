@@ -331,8 +331,25 @@ def _replay_parser() -> argparse.ArgumentParser:
                         "none: no marker stream (default numeric)")
     p.add_argument("--xdf-stream", default=None, help="XDF only: name of the signal stream to play")
     p.add_argument("--xdf-markers", default=None, help="XDF only: name of the marker stream to use")
+    p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)  # the demo's replay
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def _exit_with_parent() -> None:
+    """Stop (as on SIGTERM) when the process that started this one is gone, so a demo
+    replay never outlives a crashed app."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def replay_main(argv: Sequence[str] | None = None) -> int:
@@ -347,6 +364,8 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.exit_with_parent:
+        _exit_with_parent()
     try:
         from pathlib import Path
 

@@ -141,7 +141,7 @@ def start_replay(files: DemoFiles, name: str | None = None) -> DemoReplay:
     log_path = files.root / "replay.log"
     log = open(log_path, "w")
     cmd = [sys.executable, "-c", "import sys; from bci_app.cli import replay_main; sys.exit(replay_main())",
-           str(files.session), "--name", name, "--source-id", f"{name}-src", "--loop"]
+           str(files.session), "--name", name, "--source-id", f"{name}-src", "--loop", "--exit-with-parent"]
     try:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     finally:

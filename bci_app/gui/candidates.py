@@ -9,18 +9,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QImage, QPixmap
-from PySide6.QtWidgets import (QFrame, QGridLayout, QHBoxLayout, QLabel, QProgressBar, QSizePolicy, QVBoxLayout,
-                               QWidget)
+from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
+from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 __all__ = ["CandidateCard", "CandidateView", "Gallery"]
 
 THUMB = 112  # displayed thumbnail size (px)
 MAX_K = 10  # most candidates shown per row
-HIT_STYLE = "#card { border: 3px solid #1a9641; border-radius: 6px; background: #e6f5e9; }"
-PLAIN_STYLE = "#card { border: 1px solid #c8c8c8; border-radius: 6px; background: white; }"
-TRUTH_STYLE = "#card { border: 2px solid #2b5aa6; border-radius: 6px; background: #eef3fb; }"
-
+# one style sheet on the view; a card's look follows its "state" property, so a new result
+# re-polishes only the cards whose state changed (setting style sheets per card is slow)
+VIEW_STYLE = """
+QFrame#card { border: 1px solid #c8c8c8; border-radius: 6px; background: white; }
+QFrame#card[state="hit"] { border: 3px solid #1a9641; background: #e6f5e9; }
+QFrame#card[state="truth"] { border: 2px solid #2b5aa6; background: #eef3fb; }
+QFrame#card QLabel { border: none; background: transparent; }
+QFrame#card QLabel#thumb { background: #f0f0f0; }
+QFrame#card QLabel#rank { font-weight: bold; }
+"""
 
 @dataclass
 class Gallery:
@@ -45,32 +50,61 @@ class Gallery:
         return cls(concepts, paths, images)
 
 
+class ConfidenceBar(QWidget):
+    """A filled bar with the confidence in per cent.  Painted on the next update, never
+    synchronously (QProgressBar repaints at once on every setValue, which costs
+    milliseconds per card)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.confidence: float | None = None
+        self._text = ""
+
+    def set_confidence(self, confidence: float | None) -> None:
+        text = "" if confidence is None else f"{100 * confidence:.1f} %"
+        if confidence != self.confidence or text != self._text:
+            self.confidence, self._text = confidence, text
+            self.update()
+
+    def text(self) -> str:
+        return self._text
+
+    def paintEvent(self, event) -> None:
+        p = QPainter(self)
+        r = self.rect().adjusted(0, 0, -1, -1)
+        p.setPen(QColor(180, 180, 180))
+        p.setBrush(QColor(245, 245, 245))
+        p.drawRect(r)
+        if self.confidence:
+            w = int(round(r.width() * min(max(self.confidence, 0.0), 1.0)))
+            p.fillRect(r.x() + 1, r.y() + 1, max(w - 1, 0), r.height() - 1, QColor(58, 120, 200))
+        p.setPen(QColor(20, 20, 20))
+        p.drawText(r, Qt.AlignCenter, self._text)
+        p.end()
+
+
 class CandidateCard(QFrame):
     """One image with its rank, concept and confidence."""
 
     def __init__(self, title: str = "", parent=None):
         super().__init__(parent)
         self.setObjectName("card")
-        self.setStyleSheet(PLAIN_STYLE)
+        self.setProperty("state", "plain")
         self.stimulus_id: int | None = None
         self.thumbnail_path: Path | None = None
         self.hit = False
         self.title = QLabel(title)
+        self.title.setObjectName("rank")
         self.title.setAlignment(Qt.AlignCenter)
-        self.title.setStyleSheet("font-weight: bold; border: none; background: transparent;")
         self.image = QLabel()
+        self.image.setObjectName("thumb")
         self.image.setFixedSize(THUMB, THUMB)
         self.image.setAlignment(Qt.AlignCenter)
-        self.image.setStyleSheet("border: none; background: #f0f0f0;")
         self.caption = QLabel("")
         self.caption.setAlignment(Qt.AlignCenter)
-        self.caption.setStyleSheet("border: none; background: transparent;")
-        self.caption.setMaximumWidth(THUMB + 16)
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1000)
-        self.bar.setTextVisible(True)
-        self.bar.setFixedWidth(THUMB)
-        self.bar.setMaximumHeight(16)
+        self.caption.setFixedWidth(THUMB + 8)
+        self.bar = ConfidenceBar()
+        self.bar.setFixedSize(THUMB, 16)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 6)
         layout.setSpacing(3)
@@ -81,36 +115,38 @@ class CandidateCard(QFrame):
         self.setSizePolicy(QSizePolicy.Fixed, QSizePolicy.Fixed)
         self.clear()
 
+    def _set_state(self, state: str) -> None:
+        if self.property("state") != state:
+            self.setProperty("state", state)
+            self.style().unpolish(self)
+            self.style().polish(self)
+
     def clear(self) -> None:
         self.stimulus_id, self.thumbnail_path, self.hit = None, None, False
         self.image.clear()
         self.image.setText("–")
         self.caption.setText("")
-        self.bar.setValue(0)
-        self.bar.setFormat("")
-        self.setStyleSheet(PLAIN_STYLE)
+        self.bar.set_confidence(None)
+        self._set_state("plain")
 
-    def show_stimulus(self, stimulus_id: int, gallery: "CandidateView", confidence: float | None = None,
+    def show_stimulus(self, stimulus_id: int, view: "CandidateView", confidence: float | None = None,
                       hit: bool = False, truth: bool = False) -> None:
-        self.stimulus_id = int(stimulus_id)
-        self.thumbnail_path = gallery.gallery.paths.get(self.stimulus_id) if gallery.gallery else None
-        pixmap = gallery.pixmap(self.stimulus_id)
-        if pixmap is None:
-            self.image.clear()
-            self.image.setText(f"#{self.stimulus_id}\n(no image)")
-        else:
-            self.image.setPixmap(pixmap)
-        concept = gallery.gallery.concepts.get(self.stimulus_id, "?") if gallery.gallery else "?"
-        self.caption.setText(concept)
-        self.caption.setToolTip(f"stimulus {self.stimulus_id}: {concept}")
-        if confidence is None:
-            self.bar.setValue(0)
-            self.bar.setFormat("")
-        else:
-            self.bar.setValue(int(round(1000 * confidence)))
-            self.bar.setFormat(f"{100 * confidence:.1f} %")
+        sid = int(stimulus_id)
+        if sid != self.stimulus_id:  # new image: only then touch the pixmap and caption
+            self.stimulus_id = sid
+            self.thumbnail_path = view.gallery.paths.get(sid) if view.gallery else None
+            pixmap = view.pixmap(sid)
+            if pixmap is None:
+                self.image.clear()
+                self.image.setText(f"#{sid}\n(no image)")
+            else:
+                self.image.setPixmap(pixmap)
+            concept = view.gallery.concepts.get(sid, "?") if view.gallery else "?"
+            self.caption.setText(concept)
+            self.caption.setToolTip(f"stimulus {sid}: {concept}")
+        self.bar.set_confidence(None if confidence is None else float(confidence))
         self.hit = hit
-        self.setStyleSheet(TRUTH_STYLE if truth else HIT_STYLE if hit else PLAIN_STYLE)
+        self._set_state("truth" if truth else "hit" if hit else "plain")
 
 
 class CandidateView(QWidget):
@@ -118,6 +154,7 @@ class CandidateView(QWidget):
 
     def __init__(self, top_k: int = 5, parent=None):
         super().__init__(parent)
+        self.setStyleSheet(VIEW_STYLE)
         self.gallery: Gallery | None = None
         self._pixmaps: dict[int, QPixmap] = {}
         self.truth = CandidateCard("shown")
@@ -171,6 +208,8 @@ class CandidateView(QWidget):
     def set_gallery(self, gallery: Gallery | None) -> None:
         self.gallery = gallery
         self._pixmaps = {}
+        for card in [self.truth, *(c for cards in self.rows.values() for c in cards)]:
+            card.stimulus_id = None  # forget pixmaps of the previous gallery
         self.clear()
 
     def pixmap(self, stimulus_id: int) -> QPixmap | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QVBoxLayout, QWidget
 
 __all__ = ["SignalView", "TraceBuffer"]
 
@@ -65,9 +65,11 @@ class SignalView(QWidget):
     """Traces of the displayed channels (µV, centred per channel) over the last seconds,
     with a tick at every marker (green: a stimulus of the gallery, grey: other)."""
 
-    def __init__(self, parent=None, seconds: float = 5.0, fps: float = 30.0):
+    def __init__(self, parent=None, seconds: float = 5.0, fps: float = 30.0, display_rate: float = 125.0):
         super().__init__(parent)
         self.seconds = float(seconds)
+        # about one point per pixel column: drawing the path is most of a frame's cost
+        self.display_rate = float(display_rate)
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMenuEnabled(False)
         self.plot.setMouseEnabled(x=False, y=False)
@@ -75,6 +77,8 @@ class SignalView(QWidget):
         self.plot.setLabel("bottom", "time (s)")
         self.plot.setXRange(-self.seconds, 0, padding=0)
         self.plot.showGrid(x=True, y=False, alpha=0.15)
+        for side in ("left", "bottom"):  # axes change rarely: paint them from a cached pixmap
+            self.plot.getAxis(side).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.curve = self.plot.plot(pen=pg.mkPen((40, 60, 110), width=1), connect="finite")
         self.ticks_known = self.plot.plot(pen=pg.mkPen((20, 150, 60), width=1.5), connect="pairs")
         self.ticks_other = self.plot.plot(pen=pg.mkPen((150, 150, 150), width=1.5), connect="pairs")
@@ -97,7 +101,7 @@ class SignalView(QWidget):
 
     def reset(self, channels: list[str], sfreq: float) -> None:
         self.channels = list(channels)
-        self.buffer = TraceBuffer(len(channels), sfreq, self.seconds)
+        self.buffer = TraceBuffer(len(channels), sfreq, self.seconds, display_rate=self.display_rate)
         self.marker_times[:] = np.nan
         self._n_markers = 0
         self.spacing_uv = 0.0

@@ -51,9 +51,14 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
     assert main(["--bundle", str(tmp_path / "nonexistent"), "--stream", "x", "--headless"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bci-app: error:") and "nonexistent" in err and err.count("\n") == 1
-    with pytest.raises(SystemExit) as exit_:
-        main(["--stream", "x", "--headless"])
-    assert exit_.value.code == 2 and "--bundle" in capsys.readouterr().err
+    assert main(["--stream", "x", "--headless"]) == 2
+    assert "--headless needs --bundle and --stream (or --demo)" in capsys.readouterr().err
+    assert main(["--demo", "--bundle", str(tmp_path), "--headless"]) == 2
+    assert "--demo makes its own bundle and stream" in capsys.readouterr().err
+    assert main(["--demo", "--screenshot", str(tmp_path / "s.png"), "--headless"]) == 2
+    assert "--screenshot needs the window" in capsys.readouterr().err
+    assert main(["--screenshot", str(tmp_path / "s.png"), "--bundle", str(tmp_path)]) == 2
+    assert "--screenshot needs something to decode" in capsys.readouterr().err
     assert main(["--bundle", str(tmp_path), "--stream", "x", "--headless", "--max-epochs", "0"]) == 2
     assert "--max-epochs must be >= 1" in capsys.readouterr().err
 

@@ -56,7 +56,7 @@ def test_cards_show_the_thumbnails_of_the_decoded_ids(qtbot, bundle):
             np.testing.assert_array_equal(_pixels(card.image.pixmap()), _expected_pixels(path))
             assert card.caption.text() == bundle.items[index[sid]].concept
         assert [c.hit for c in cards[:5]] == [sid == truth for sid in want]
-    assert [c.bar.value() for c in view.rows["single"][:5]] == [400, 300, 150, 100, 50]
+    assert [c.bar.confidence for c in view.rows["single"][:5]] == conf
     assert view.rows["single"][0].bar.text() == "40.0 %"
     assert view.truth.stimulus_id == truth
     np.testing.assert_array_equal(_pixels(view.truth.image.pixmap()),
