@@ -1,7 +1,7 @@
 """Online side: LSL streams, online epochs identical to the offline ones, the live
 decoder, session recording and replay (``bci-app``, ``bci-replay``).  Imports the
 preprocessing spec and the model bundle from ``trainer``; Qt lives in ``bci_app.gui``
-only (the desktop window, coming with its issue)."""
+only (the desktop window)."""
 
 __all__ = ["LiveSession", "Decoder", "StimulusMap", "OnlineEpocher", "SessionPlayer", "SessionRecorder",
            "ReplaySession", "read_session", "list_streams"]

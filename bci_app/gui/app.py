@@ -83,6 +83,15 @@ def run_window(args) -> int:
         window.shutdown()
         if state["replay"] is not None:
             state["replay"].stop()
+    if window.summary and "samples_received" in window.summary:  # the session's summary, as --headless
+        import json
+
+        from ..cli import _print_summary
+
+        _print_summary(window.summary)
+        if args.summary:
+            with open(args.summary, "w") as f:
+                json.dump(window.summary, f, indent=2)
     return state["code"]
 
 

@@ -51,6 +51,7 @@ def test_demo_from_nothing_headless_then_window_screenshot(tmp_path):
     second = time.monotonic() - t0
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
+    assert "summary: " in run.stderr  # the session summary, as --headless prints it
     from PIL import Image
 
     with Image.open(shot) as image:
