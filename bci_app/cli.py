@@ -211,6 +211,26 @@ def _decode_headless(args: argparse.Namespace) -> int:
     return 0
 
 
+def _window_entry():
+    """The window's entry point, or a one-line error when there is no screen or no Qt."""
+    import os
+
+    from trainer.errors import BCIError
+
+    if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
+            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
+        raise BCIError("no display for the window (neither DISPLAY nor WAYLAND_DISPLAY is set): run with "
+                       "--headless, or set QT_QPA_PLATFORM=offscreen (e.g. for --screenshot)")
+    try:
+        from PySide6 import QtWidgets  # noqa: F401 - fails here when Qt's system libraries are missing
+
+        from .gui import run_window
+    except ImportError as err:
+        raise BCIError(f"the window needs Qt (PySide6), which does not load here: {err}; "
+                       "--headless works without it") from None
+    return run_window
+
+
 def _cmd_streams(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="bci-app streams", description="List the LSL streams on the network.")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to look (default 2)")
@@ -299,8 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.verbose)
         _check_args(args)
         if not args.headless:
-            from .gui import run_window
-
+            run_window = _window_entry()
             sys.setswitchinterval(0.0005)
             import torch
 

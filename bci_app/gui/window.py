@@ -516,11 +516,13 @@ class MainWindow(QMainWindow):
             if self.live is not None:  # finished was not delivered: tidy up here
                 ok = stop_thread(thread, 1000) and ok
                 self.live = self.live_thread = None
-        for thread, worker, _ in list(self._tasks):
+        for _, worker, _ in self._tasks:  # all at once: they stop at their next progress report
             cancel = getattr(worker, "cancel", None)
             if cancel is not None:
                 cancel()
-            ok = stop_thread(thread, int(timeout_s * 1000)) and ok
+        deadline = time.monotonic() + 3 * timeout_s  # a synthetic recording takes some seconds to make
+        for thread, _, _ in list(self._tasks):
+            ok = stop_thread(thread, max(int(1000 * (deadline - time.monotonic())), 0)) and ok
         self._tasks.clear()
         return ok
 

@@ -63,6 +63,16 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
     assert "--max-epochs must be >= 1" in capsys.readouterr().err
 
 
+def test_the_window_without_a_display_is_a_clear_error(monkeypatch, capsys):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the DISPLAY check is for Linux")
+    for var in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["--demo"]) == 2
+    err = capsys.readouterr().err
+    assert "no display for the window" in err and "--headless" in err
+
+
 def test_a_stream_that_is_not_there_is_named(tiny_bundle, capsys):
     code = main(["--bundle", str(tiny_bundle), "--stream", "no-such-stream-anywhere", "--headless", "--timeout", "1"])
     err = capsys.readouterr().err

@@ -243,7 +243,8 @@ def generate(
                 for v in variants:  # epoch now, so the raw session can be freed
                     epochs[(v, part)].append(epoch_session(session, specs[v]))
                 del session
-                step(f"sub-{sub:02d} raw", ses, cfg.n_sessions)
+                # after each recording: callers (the demo) may stop between two of them
+                step(f"sub-{sub:02d} raw", 2 * (ses - 1) + (part == "test") + 1, 2 * cfg.n_sessions)
         for v in variants:
             for part in ("training", "test"):
                 trials = arrange_trials(epochs.pop((v, part)), specs[v], partition=part,
