@@ -222,8 +222,9 @@ def _window_entry():
         raise BCIError("no display for the window (neither DISPLAY nor WAYLAND_DISPLAY is set): run with "
                        "--headless, or set QT_QPA_PLATFORM=offscreen (e.g. for --screenshot)")
     try:
-        from PySide6 import QtWidgets  # noqa: F401 - fails here when Qt's system libraries are missing
+        import importlib
 
+        importlib.import_module("PySide6.QtWidgets")  # fails here when Qt's system libraries are missing
         from .gui import run_window
     except ImportError as err:
         raise BCIError(f"the window needs Qt (PySide6), which does not load here: {err}; "
