@@ -129,5 +129,18 @@ def _start_demo(window, args, state) -> None:
 
         window.load_bundle(files.bundle, then=connect)
 
-    window.run_task(lambda progress: prepare_demo(args.demo_dir, progress=progress), ready, "demo",
+    def prepare(progress):
+        import os
+
+        import torch
+
+        # training uses every core; decoding (later) the --threads the app was given
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)
+        try:
+            return prepare_demo(args.demo_dir, progress=progress)
+        finally:
+            torch.set_num_threads(threads)
+
+    window.run_task(prepare, ready, "demo",
                     on_failed=lambda m: window.show_error(f"demo: {m}"), progress=True)

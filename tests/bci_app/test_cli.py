@@ -80,9 +80,15 @@ def test_a_stream_that_is_not_there_is_named(tiny_bundle, capsys):
     assert "no EEG stream named 'no-such-stream-anywhere'" in err
 
 
-def test_without_headless_the_missing_window_is_explained(tiny_bundle, capsys):
-    assert main(["--bundle", str(tiny_bundle), "--stream", "x"]) == 2
-    assert "--headless" in capsys.readouterr().err
+def test_window_screenshot_run_ends_with_the_error_when_the_stream_is_not_there(tiny_bundle, tmp_path):
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path / "config"))
+    shot = tmp_path / "shot.png"
+    run = subprocess.run([sys.executable, "-c", "import sys; from bci_app.cli import main; sys.exit(main())",
+                          "--bundle", str(tiny_bundle), "--stream", "no-such-stream-anywhere", "--timeout", "1",
+                          "--screenshot", str(shot)], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "bci-app: error: no EEG stream named 'no-such-stream-anywhere'" in run.stderr
+    assert "Traceback" not in run.stderr and not shot.exists()
 
 
 def test_bci_replay_streams_a_things_file_and_stops_cleanly(tiny_dataset, stream_name):
