@@ -162,6 +162,10 @@ class LiveWorker(QObject):
         summary: dict = {}
         try:
             self.session = session = LiveSession(self.bundle, self.stream, **self._kwargs)
+            if not self._wait_for_stream():
+                self._close(quiet=True)
+                self.finished.emit(summary)
+                return
             session.start()
         except Exception as err:
             logger.debug("connect failed", exc_info=True)
@@ -177,6 +181,19 @@ class LiveWorker(QObject):
         finally:
             summary = self._close()
             self.finished.emit(summary)
+
+    def _wait_for_stream(self) -> bool:
+        """Look for the EEG stream in short slices until it appears (True), the timeout
+        passes (True: ``start`` then names what is missing) or a stop is asked (False), so
+        closing the window never waits for a long connect timeout."""
+        from mne_lsl.lsl import resolve_streams
+
+        deadline = time.monotonic() + self._kwargs["timeout"]
+        while not self._stop.is_set():
+            found = resolve_streams(timeout=0.3, name=self.stream, source_id=self._kwargs["source_id"])
+            if any(s.sfreq > 0 for s in found) or time.monotonic() >= deadline:
+                return True
+        return False
 
     def _close(self, quiet: bool = False) -> dict:
         if self.session is None:

@@ -114,6 +114,20 @@ def test_a_stream_that_is_not_there_is_an_error_in_the_window(qtbot, window, tin
     assert win.streams.connect_button.text() == "Connect"
 
 
+@pytest.mark.slow
+def test_closing_while_connecting_does_not_wait_for_the_connect_timeout(qtbot, window, tiny_bundle, stream_name):
+    win = window
+    _load(qtbot, win, tiny_bundle)
+    win.connect_stream(stream_name, timeout=60.0)  # a stream that never comes
+    thread = win.live_thread
+    qtbot.wait(1000)
+    assert win.streams.state.text() == "connecting"
+    t0 = time.monotonic()
+    win.close()
+    assert time.monotonic() - t0 < 5.0
+    assert not thread.isRunning() and win.live is None
+
+
 def test_settings_are_remembered(qtbot, tmp_path):
     from PySide6.QtCore import QSettings
 
