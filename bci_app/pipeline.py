@@ -21,14 +21,14 @@ from trainer.bundle import Bundle
 
 from .decoder import Decoder, StimulusMap
 from .epochs import MarkerEvent, OnlineEpocher
-from .streams import EEGSource, StreamError, list_streams, open_markers
+from .streams import ConnectCancelled, EEGSource, StreamError, list_streams, open_markers
 
 __all__ = ["LiveSession", "SessionStats", "default_marker_stream"]
 
 logger = logging.getLogger("bci_app")
 
 
-def default_marker_stream(eeg_name: str, timeout: float = 2.0) -> str:
+def default_marker_stream(eeg_name: str, timeout: float = 2.0, cancel=None) -> str:
     """``{eeg}-markers`` when it exists (bci-replay's naming), else the only irregular
     stream on the network."""
     from mne_lsl.lsl import resolve_streams
@@ -36,6 +36,8 @@ def default_marker_stream(eeg_name: str, timeout: float = 2.0) -> str:
     conventional = f"{eeg_name}-markers"
     if any(s.sfreq == 0 for s in resolve_streams(timeout=min(timeout, 1.0), name=conventional)):
         return conventional
+    if cancel is not None and cancel():
+        raise ConnectCancelled(f"stopped looking for the marker stream of {eeg_name!r}")
     streams = list_streams(timeout=timeout)
     markers = [s for s in streams if s.is_marker]
     if len({s.name for s in markers}) == 1:
@@ -119,14 +121,18 @@ class LiveSession:
         self.last_markers: list[MarkerEvent] = []  # the markers received in the last step
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> "LiveSession":
+    def start(self, cancel=None) -> "LiveSession":
+        """Connect to the streams (waiting up to ``timeout`` for each).  ``cancel``: a
+        callable; when it turns true while streams are looked for, :class:`ConnectCancelled`
+        is raised within about half a second."""
         from mne_lsl.lsl import local_clock
 
-        self.source.connect(timeout=self.timeout)
+        self.source.connect(timeout=self.timeout, cancel=cancel)
         self.epocher = OnlineEpocher(self.bundle.spec, self.source,  # checks channels and rate first
                                      no_data_timeout=self.no_data_timeout)
-        name = self.marker_name or default_marker_stream(self.stream_name, timeout=min(self.timeout, 2.0))
-        self.markers = open_markers(name, timeout=self.timeout)
+        name = self.marker_name or default_marker_stream(self.stream_name, timeout=min(self.timeout, 2.0),
+                                                         cancel=cancel)
+        self.markers = open_markers(name, timeout=self.timeout, cancel=cancel)
         self.marker_name = name
         if self.record_dir is not None:
             self.start_recording(self.record_dir, from_start=True)

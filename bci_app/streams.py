@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["StreamSummary", "list_streams", "resolve_one", "EEGSource", "NumericMarkers", "StringMarkers",
+__all__ = ["ConnectCancelled", "StreamSummary", "list_streams", "resolve_one", "EEGSource", "NumericMarkers", "StringMarkers",
            "open_markers", "StreamError"]
 
 logger = logging.getLogger("bci_app")
@@ -29,6 +30,10 @@ logger = logging.getLogger("bci_app")
 
 class StreamError(RuntimeError):
     """A stream that is not there, is ambiguous or does not fit."""
+
+
+class ConnectCancelled(StreamError):
+    """Looking for a stream was stopped on request (see ``cancel`` of :func:`resolve_one`)."""
 
 
 @dataclass(frozen=True)
@@ -64,16 +69,27 @@ def list_streams(timeout: float = 1.0) -> list[StreamSummary]:
     return sorted((_summary(s) for s in resolve_streams(timeout=timeout)), key=lambda s: (s.name, s.source_id))
 
 
-def resolve_one(name: str, *, timeout: float = 5.0, source_id: str | None = None, markers: bool | None = None):
+def resolve_one(name: str, *, timeout: float = 5.0, source_id: str | None = None, markers: bool | None = None,
+                cancel: Callable[[], bool] | None = None):
     """The one stream called ``name`` (an ``mne_lsl.lsl.StreamInfo``).
 
+    With ``cancel``, the network is asked in short slices and :class:`ConnectCancelled` is
+    raised as soon as ``cancel()`` is true (a window closing during a connect).
     Raises :class:`StreamError` naming what is available when there is none, or when the
     name is ambiguous (then give ``source_id``)."""
     from mne_lsl.lsl import resolve_streams
 
-    found = resolve_streams(timeout=timeout, name=name, source_id=source_id)
-    if markers is not None:
-        found = [s for s in found if (s.sfreq == 0) == markers]
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        found = resolve_streams(timeout=timeout if cancel is None else max(min(0.3, remaining), 0.05), name=name,
+                                source_id=source_id)
+        if markers is not None:
+            found = [s for s in found if (s.sfreq == 0) == markers]
+        if found or cancel is None or remaining <= 0:
+            break
+        if cancel():
+            raise ConnectCancelled(f"stopped looking for {name!r}")
     if len(found) == 1:
         return found[0]
     if not found:
@@ -111,10 +127,10 @@ class EEGSource:
         self.callback_errors = 0
 
     # -- connection -------------------------------------------------------------------
-    def connect(self, timeout: float = 5.0) -> "EEGSource":
+    def connect(self, timeout: float = 5.0, cancel: Callable[[], bool] | None = None) -> "EEGSource":
         from mne_lsl.stream import StreamLSL
 
-        sinfo = resolve_one(self.name, timeout=timeout, source_id=self.source_id, markers=False)
+        sinfo = resolve_one(self.name, timeout=timeout, source_id=self.source_id, markers=False, cancel=cancel)
         if sinfo.dtype == "string":
             raise StreamError(f"stream {self.name!r} carries strings, not a signal")
         self.source_id = sinfo.source_id or None
@@ -318,9 +334,10 @@ class StringMarkers(_Markers):
                 logger.debug("marker close: %s", err)
 
 
-def open_markers(name: str, *, timeout: float = 5.0, source_id: str | None = None) -> _Markers:
+def open_markers(name: str, *, timeout: float = 5.0, source_id: str | None = None,
+                 cancel: Callable[[], bool] | None = None) -> _Markers:
     """Subscribe to the marker stream ``name``: numeric or string, from its format."""
-    sinfo = resolve_one(name, timeout=timeout, source_id=source_id, markers=True)
+    sinfo = resolve_one(name, timeout=timeout, source_id=source_id, markers=True, cancel=cancel)
     if sinfo.n_channels < 1:
         raise StreamError(f"marker stream {name!r} has no channel")
     return StringMarkers(sinfo, timeout=timeout) if sinfo.dtype == "string" else NumericMarkers(sinfo, timeout=timeout)

@@ -55,6 +55,8 @@ def run_window(args) -> int:
     if args.top_k:
         window.model.top_k.setValue(args.top_k)
     if args.device:
+        if window.model.device.findText(args.device) < 0:  # e.g. cuda:1
+            window.model.device.addItem(args.device)
         window.model.device.setCurrentText(args.device)
     if args.demo:
         _start_demo(window, args, state)

@@ -114,6 +114,15 @@ class SignalView(QWidget):
     def stop(self) -> None:
         self.timer.stop()
 
+    def clear(self) -> None:
+        """Empty the view (before a new connection)."""
+        self.timer.stop()
+        self.buffer = None
+        self._n_markers = 0
+        self.marker_times[:] = np.nan
+        for item in (self.curve, self.ticks_known, self.ticks_other):
+            item.setData([], [])
+
     def add_samples(self, data: np.ndarray, times: np.ndarray) -> None:
         if self.buffer is not None:
             self.buffer.add(data, times)

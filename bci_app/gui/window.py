@@ -102,6 +102,9 @@ class MainWindow(QMainWindow):
         self._closing = False
         self._after_bundle = None  # called once the pending bundle has loaded
         self._screenshot: tuple[int, str] | None = None
+        self._recording_wanted = False  # what the user asked for last (the worker confirms)
+        self._stopping = False
+        self._bundle_loading = False
 
         self.banner = Banner()
         self.streams = StreamPanel()
@@ -206,7 +209,10 @@ class MainWindow(QMainWindow):
         markers = str(s.value("stream/markers", "") or "")
         if markers:
             self.streams.markers.setCurrentText(markers)
-        self.model.device.setCurrentText(str(s.value("model/device", "auto")))
+        device = str(s.value("model/device", "auto") or "auto")
+        if self.model.device.findText(device) < 0:  # e.g. cuda:1
+            self.model.device.addItem(device)
+        self.model.device.setCurrentText(device)
         try:
             self.model.top_k.setValue(int(s.value("model/top_k", 5)))
         except (TypeError, ValueError):
@@ -267,14 +273,14 @@ class MainWindow(QMainWindow):
         handle = _TaskHandle(self, on_done, on_failed or self.show_error)
         worker.done.connect(handle.done)
         worker.failed.connect(handle.failed)
+        worker.finished.connect(handle.finished)
         worker.shows_progress = progress
         if progress:
             worker.progress.connect(self._on_progress)
         thread = start_in_thread(worker, worker.run, name)
         entry = (thread, worker, handle)
         self._tasks.append(entry)
-        handle.entry = entry
-        worker.finished.connect(handle.finished)
+        handle.entry = entry  # finished is queued to this thread: it arrives after this
         return worker
 
     def _task_finished(self, entry) -> None:
@@ -299,6 +305,7 @@ class MainWindow(QMainWindow):
             self.show_error("disconnect before opening another bundle")
             return
         self._after_bundle = then
+        self._bundle_loading = True
         self.model.open_button.setEnabled(False)
         self.note(f"loading bundle {folder}")
 
@@ -311,6 +318,7 @@ class MainWindow(QMainWindow):
             return bundle, Gallery.from_bundle(bundle)
 
         def failed(message):
+            self._bundle_loading = False
             self.model.open_button.setEnabled(True)
             self._after_bundle = None
             self.show_error(f"bundle {folder}: {message}")
@@ -318,6 +326,7 @@ class MainWindow(QMainWindow):
         self.run_task(work, self._bundle_ready, "bundle", on_failed=failed)
 
     def _bundle_ready(self, result) -> None:
+        self._bundle_loading = False
         self.bundle, self.gallery = result
         self.model.open_button.setEnabled(True)
         self.model.show_bundle(self.bundle)
@@ -361,6 +370,9 @@ class MainWindow(QMainWindow):
         stream when empty) and decode with the loaded bundle on a worker thread."""
         if self.live is not None:
             return
+        if self._bundle_loading:
+            self.show_error("a bundle is still loading; connect when it is loaded")
+            return
         if self.bundle is None:
             self.show_error("open a model bundle first (Ctrl+O)")
             return
@@ -373,6 +385,7 @@ class MainWindow(QMainWindow):
         self.summary = {}
         self.figures.reset()
         self.candidates.clear()
+        self.signal.clear()
         self.streams.set_connection("connecting")
         self.note(f"connecting to {name!r}" + (f" with markers {markers!r}" if markers else ""))
         worker = LiveWorker(self.bundle, name, markers=markers or None, device=self.model.device.currentText(),
@@ -395,6 +408,7 @@ class MainWindow(QMainWindow):
     def disconnect_stream(self) -> None:
         if self.live is None:
             return
+        self._stopping = True
         self.streams.set_connection("stopping")
         self.live.stop()
 
@@ -421,6 +435,8 @@ class MainWindow(QMainWindow):
 
     def _on_status(self, status: dict) -> None:
         self.summary = status["summary"]
+        if self._stopping:  # a status sent before the stop: keep showing "stopping"
+            status = dict(status, state="stopping")
         self.streams.show_status(status, self.stream_info.get("sfreq", 0.0))
         self.figures.show_summary(status["summary"])
 
@@ -438,6 +454,8 @@ class MainWindow(QMainWindow):
         self.record_action.setEnabled(False)
         self.record_action.setChecked(False)
         self.record_label.setText("")
+        self._recording_wanted = False
+        self._stopping = False
         self.model.device.setEnabled(True)
         self.model.top_k.setEnabled(True)
         self.live_stopped.emit(summary)
@@ -453,27 +471,29 @@ class MainWindow(QMainWindow):
         if self.live is None:
             self.record_action.setChecked(False)
             return
-        if self.record_label.text():
+        if self._recording_wanted:
+            self._recording_wanted = False
             self.live.stop_recording()
             self.note("finishing the recording…")
         else:
+            self._recording_wanted = True
             stamp = time.strftime("%Y%m%d-%H%M%S")
             stream = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.stream_info.get("stream", "eeg"))
             self.live.start_recording(str(self.record_dir / f"{stamp}-{stream}"))
+        self.record_action.setChecked(self._recording_wanted)
 
     def _on_recording(self, what: str, detail: str) -> None:
         if what == "started":
             self.record_label.setText(f"● REC {detail}")
-            self.record_action.setChecked(True)
             self.note(f"recording into {detail}")
         elif what == "stopped":
             self.record_label.setText("")
-            self.record_action.setChecked(False)
             self.note(f"recording saved: {detail}")
-        else:
+        else:  # the recording could not start (or finish): nothing is being recorded
             self.record_label.setText("")
-            self.record_action.setChecked(False)
+            self._recording_wanted = False
             self.show_error(f"recording: {detail}")
+        self.record_action.setChecked(self._recording_wanted)
         self.recording_changed.emit(what, detail)
 
     # -- screenshots --------------------------------------------------------------------
@@ -506,7 +526,8 @@ class MainWindow(QMainWindow):
             live, thread = self.live, self.live_thread
             live.stop()
             # the loop ends within milliseconds; closing a recording writes its FIF file
-            deadline = time.monotonic() + (30.0 if self.record_label.text() else timeout_s)
+            recording = bool(self.record_label.text()) or self._recording_wanted
+            deadline = time.monotonic() + (30.0 if recording else timeout_s)
             while thread.isRunning() and not thread.wait(50):
                 from PySide6.QtCore import QCoreApplication
 
@@ -514,7 +535,11 @@ class MainWindow(QMainWindow):
                 if time.monotonic() > deadline:
                     break
             if self.live is not None:  # finished was not delivered: tidy up here
-                ok = stop_thread(thread, 1000) and ok
+                if not stop_thread(thread, 1000):
+                    # a Qt thread destroyed while running aborts the process: wait instead
+                    logger.warning("the decoder is still finishing (a recording being written?); waiting for it")
+                    thread.wait()
+                    ok = False
                 self.live = self.live_thread = None
         for _, worker, _ in self._tasks:  # all at once: they stop at their next progress report
             cancel = getattr(worker, "cancel", None)

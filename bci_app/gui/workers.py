@@ -158,15 +158,16 @@ class LiveWorker(QObject):
     @Slot()
     def run(self) -> None:
         from ..pipeline import LiveSession
+        from ..streams import ConnectCancelled
 
         summary: dict = {}
         try:
             self.session = session = LiveSession(self.bundle, self.stream, **self._kwargs)
-            if not self._wait_for_stream():
-                self._close(quiet=True)
-                self.finished.emit(summary)
-                return
-            session.start()
+            session.start(cancel=self._stop.is_set)
+        except ConnectCancelled:  # disconnect or close while connecting: not an error
+            self._close(quiet=True)
+            self.finished.emit(summary)
+            return
         except Exception as err:
             logger.debug("connect failed", exc_info=True)
             self.failed.emit(describe_error(err))
@@ -181,19 +182,6 @@ class LiveWorker(QObject):
         finally:
             summary = self._close()
             self.finished.emit(summary)
-
-    def _wait_for_stream(self) -> bool:
-        """Look for the EEG stream in short slices until it appears (True), the timeout
-        passes (True: ``start`` then names what is missing) or a stop is asked (False), so
-        closing the window never waits for a long connect timeout."""
-        from mne_lsl.lsl import resolve_streams
-
-        deadline = time.monotonic() + self._kwargs["timeout"]
-        while not self._stop.is_set():
-            found = resolve_streams(timeout=0.3, name=self.stream, source_id=self._kwargs["source_id"])
-            if any(s.sfreq > 0 for s in found) or time.monotonic() >= deadline:
-                return True
-        return False
 
     def _close(self, quiet: bool = False) -> dict:
         if self.session is None:
@@ -288,13 +276,16 @@ class LiveWorker(QObject):
                 return
             try:
                 if command == "record":
+                    if session.recorder is not None:  # asked twice: already recording
+                        continue
                     session.start_recording(arg)
                     self.recording.emit("started", str(arg))
                     session._note(f"recording into {arg}", logging.INFO)
                 elif command == "stop-record":
+                    folder = session.record_dir if session.recorder is not None else None
                     path = session.stop_recording()
-                    if path is not None:
-                        self.recording.emit("stopped", str(path))
+                    if folder is not None:  # an empty recording has no .fif, but it did stop
+                        self.recording.emit("stopped", str(path) if path else f"{folder} (no sample was recorded)")
             except Exception as err:
                 logger.debug("recording command failed", exc_info=True)
                 self.recording.emit("failed", describe_error(err))

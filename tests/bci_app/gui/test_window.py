@@ -60,6 +60,15 @@ def test_window_decodes_a_replayed_stream_records_and_closes(qtbot, window, tiny
     assert raw.info["sfreq"] == lead_session.raw.info["sfreq"] and raw.n_times > 1000
     assert len(raw.annotations) > 0  # the markers of the recorded stretch
 
+    # Ctrl+R twice in a row: started, then stopped, and nothing is left recording
+    events = []
+    win.recording_changed.connect(lambda what, detail: events.append(what))
+    win.toggle_recording()
+    win.toggle_recording()
+    qtbot.waitUntil(lambda: events == ["started", "stopped"], timeout=30000)
+    assert win.record_label.text() == "" and not win.record_action.isChecked()
+    assert win.live.session.recorder is None
+
     qtbot.waitUntil(lambda: bool(win.summary) and win.summary["epochs_decoded"] >= 10, timeout=60000)
     qtbot.waitUntil(lambda: win.figures.labels["epochs"].text() not in ("–", "0"), timeout=5000)
     # the candidate view shows the last decoded epoch
@@ -115,17 +124,35 @@ def test_a_stream_that_is_not_there_is_an_error_in_the_window(qtbot, window, tin
 
 
 @pytest.mark.slow
-def test_closing_while_connecting_does_not_wait_for_the_connect_timeout(qtbot, window, tiny_bundle, stream_name):
+def test_a_connect_in_progress_stops_at_once(qtbot, window, tiny_bundle, lead_session, play, stream_name):
     win = window
     _load(qtbot, win, tiny_bundle)
-    win.connect_stream(stream_name, timeout=60.0)  # a stream that never comes
-    thread = win.live_thread
+    # Disconnect while waiting for a stream that never comes: no error, no wait
+    win.connect_stream(stream_name + "-never", timeout=60.0)
     qtbot.wait(1000)
+    assert win.streams.state.text() == "connecting"
+    t0 = time.monotonic()
+    with qtbot.waitSignal(win.live_stopped, timeout=5000):
+        win.disconnect_stream()
+    assert time.monotonic() - t0 < 3.0 and win.errors == [] and win.streams.state.text() == "idle"
+    # close while the EEG stream is there but the marker stream named is not
+    play(lead_session)
+    win.connect_stream(stream_name, "no-such-markers", timeout=60.0)
+    thread = win.live_thread
+    qtbot.wait(2500)
     assert win.streams.state.text() == "connecting"
     t0 = time.monotonic()
     win.close()
     assert time.monotonic() - t0 < 5.0
-    assert not thread.isRunning() and win.live is None
+    assert not thread.isRunning() and win.live is None and win.errors == []
+
+
+def test_connect_waits_for_a_bundle_that_is_loading(qtbot, window, tiny_bundle):
+    win = window
+    win.load_bundle(tiny_bundle)
+    win.connect_stream("anything")
+    assert "still loading" in win.banner.message and win.live is None
+    qtbot.waitUntil(lambda: win.bundle is not None, timeout=30000)
 
 
 def test_settings_are_remembered(qtbot, tmp_path):
