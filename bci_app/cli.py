@@ -118,9 +118,15 @@ def _check_args(args: argparse.Namespace) -> None:
 def _run_headless(args: argparse.Namespace) -> int:
     replay = None
     if args.demo:
+        from trainer.progress import ProgressBars
+
         from .demo import prepare_demo, start_replay
 
-        files = prepare_demo(args.demo_dir, progress=_progress_bars())
+        progress = ProgressBars()
+        try:
+            files = prepare_demo(args.demo_dir, progress=progress)
+        finally:
+            progress.close()
         replay = start_replay(files)
         print(f"bci-app: demo: replaying {files.session} as {replay.name!r}", file=sys.stderr, flush=True)
         args.bundle, args.stream = str(files.bundle), replay.name
@@ -131,25 +137,6 @@ def _run_headless(args: argparse.Namespace) -> int:
     finally:
         if replay is not None:
             replay.stop()
-
-
-def _progress_bars():
-    """A progress(phase, done, total) callback drawing one tqdm bar per phase on stderr."""
-    from tqdm import tqdm
-
-    bars: dict = {}
-
-    def progress(phase: str, done: int, total: int) -> None:
-        bar = bars.get(phase)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bar = bars[phase] = tqdm(total=total, desc=phase, file=sys.stderr, leave=False, disable=None,
-                                     dynamic_ncols=True)
-        bar.n = done
-        bar.refresh()
-
-    return progress
 
 
 def _decode_headless(args: argparse.Namespace) -> int:

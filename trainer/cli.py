@@ -288,8 +288,7 @@ def _cmd_retarget(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from .progress import ProgressBars
     from .synth import generate
 
     if args.subjects is not None and args.subjects < 1:
@@ -304,22 +303,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         if not args.snr > 0 or args.snr != args.snr or args.snr == float("inf"):
             raise ValueError(f"--snr must be a positive number, got {args.snr}")
         preset = replace(PRESETS[args.preset], snr=args.snr)
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="", leave=False, file=sys.stderr,
-                                     disable=None, dynamic_ncols=True)
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    summary = generate(args.out, preset, subjects=args.subjects, seed=args.seed, variants=variants,
-                       meg=args.meg, progress=progress)
-    for bar in bars.values():
-        bar.close()
+    progress = ProgressBars()
+    try:
+        summary = generate(args.out, preset, subjects=args.subjects, seed=args.seed, variants=variants,
+                           meg=args.meg, progress=progress)
+    finally:
+        progress.close()
     print(f"wrote a synthetic THINGS-like data set to {args.out} in {summary['seconds']:.0f} s "
           f"(preset {args.preset}, seed {args.seed})")
     return _cmd_info(argparse.Namespace(data=args.out))

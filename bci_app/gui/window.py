@@ -65,10 +65,6 @@ class _TaskHandle(QObject):
         self.deleteLater()
 
 
-class TaskCancelled(Exception):
-    """Raised inside a task's progress callback when the window closes."""
-
-
 class MainWindow(QMainWindow):
     """The live decoder's window.
 
@@ -258,23 +254,11 @@ class MainWindow(QMainWindow):
     # -- tasks --------------------------------------------------------------------------
     def run_task(self, fn, on_done, name: str, on_failed=None, progress: bool = False) -> TaskWorker:
         """Run ``fn(progress)`` on a worker thread; ``on_done(result)`` on the GUI thread."""
-        cancel = {"flag": False}
-
-        def guarded(report):
-            def checked(phase, done, total):
-                if cancel["flag"]:
-                    raise TaskCancelled(name)
-                report(phase, done, total)
-
-            return fn(checked)
-
-        worker = TaskWorker(guarded)
-        worker.cancel = lambda: cancel.__setitem__("flag", True)
+        worker = TaskWorker(fn, shows_progress=progress)
         handle = _TaskHandle(self, on_done, on_failed or self.show_error)
         worker.done.connect(handle.done)
         worker.failed.connect(handle.failed)
         worker.finished.connect(handle.finished)
-        worker.shows_progress = progress
         if progress:
             worker.progress.connect(self._on_progress)
         thread = start_in_thread(worker, worker.run, name)
@@ -289,7 +273,7 @@ class MainWindow(QMainWindow):
         thread.wait(2000)
         if entry in self._tasks:
             self._tasks.remove(entry)
-        if getattr(worker, "shows_progress", False):
+        if worker.shows_progress:
             self._end_progress()
 
     # -- bundle -------------------------------------------------------------------------
@@ -542,9 +526,7 @@ class MainWindow(QMainWindow):
                     ok = False
                 self.live = self.live_thread = None
         for _, worker, _ in self._tasks:  # all at once: they stop at their next progress report
-            cancel = getattr(worker, "cancel", None)
-            if cancel is not None:
-                cancel()
+            worker.cancel()
         deadline = time.monotonic() + 3 * timeout_s  # a synthetic recording takes some seconds to make
         for thread, _, _ in list(self._tasks):
             ok = stop_thread(thread, max(int(1000 * (deadline - time.monotonic())), 0)) and ok

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-__all__ = ["LiveWorker", "TaskWorker", "describe_error", "start_in_thread", "stop_thread"]
+__all__ = ["LiveWorker", "TaskCancelled", "TaskWorker", "describe_error", "start_in_thread", "stop_thread"]
 
 logger = logging.getLogger("bci_app")
 
@@ -57,11 +57,16 @@ def stop_thread(thread: QThread | None, timeout_ms: int) -> bool:
     return thread.wait(timeout_ms)
 
 
+class TaskCancelled(Exception):
+    """Raised inside a task's progress callback once :meth:`TaskWorker.cancel` was called."""
+
+
 class TaskWorker(QObject):
     """Run ``fn(progress)`` once on a worker thread.
 
     ``progress(phase, done, total)`` may be called from ``fn``; it is throttled to a few
-    updates per second before it reaches the GUI.
+    updates per second before it reaches the GUI, and raises :class:`TaskCancelled` once
+    :meth:`cancel` was called (from any thread), so a long task stops at its next report.
     """
 
     progress = Signal(str, int, int)
@@ -69,12 +74,19 @@ class TaskWorker(QObject):
     failed = Signal(str)
     finished = Signal()
 
-    def __init__(self, fn: Callable[[Callable[[str, int, int], None]], Any]):
+    def __init__(self, fn: Callable[[Callable[[str, int, int], None]], Any], *, shows_progress: bool = False):
         super().__init__()
         self._fn = fn
         self._last = 0.0
+        self._cancelled = threading.Event()
+        self.shows_progress = shows_progress
+
+    def cancel(self) -> None:
+        self._cancelled.set()
 
     def _progress(self, phase: str, done: int, total: int) -> None:
+        if self._cancelled.is_set():
+            raise TaskCancelled(phase)
         now = time.monotonic()
         if now - self._last >= 0.1 or done >= total:
             self._last = now
