@@ -67,7 +67,6 @@ class StreamPanel(QGroupBox):
         self.channels = _value_label()
         self.rate = _value_label()
         self.lag = _value_label()
-        self.offset = _value_label()
         self.lost = _value_label()
         self.connected = False
 

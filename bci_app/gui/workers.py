@@ -111,8 +111,8 @@ class LiveWorker(QObject):
     Signals
     -------
     connected(dict)
-        Stream facts once connected: name, channel names, rate, marker stream, device, and
-        the indices of the displayed channels in the stream.
+        Stream facts once connected: name, source id, channel names, rate, marker stream,
+        device, and the names of the displayed channels (the model's).
     decoded(list)
         The records of :meth:`LiveSession.step` (the ``--headless`` JSON lines).
     samples(ndarray, ndarray)
@@ -217,8 +217,7 @@ class LiveWorker(QObject):
         self.connected.emit({
             "stream": session.stream_name, "source_id": src.source_id, "markers": session.marker_name,
             "ch_names": list(src.ch_names), "sfreq": src.sfreq, "device": str(session.decoder.device),
-            "display_channels": [src.ch_names[i] for i in display], "window": list(session.epocher.window_seconds),
-            "recording": str(session.record_dir) if session.recorder is not None else "",
+            "display_channels": [src.ch_names[i] for i in display],
         })
         if session.recorder is not None:
             self.recording.emit("started", str(session.record_dir))
