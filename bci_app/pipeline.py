@@ -279,7 +279,7 @@ class LiveSession:
         self.last_epochs = ready  # the preprocessed epochs behind this step's results
         if self.recorder is not None:
             self._feed_recorder()
-            for m, reason in rejected:
+            for m, _ in rejected:
                 self.recorder.add_marker(m.t, m.label, self._recording_sample(m.onset))
         for m, reason in rejected:
             logger.info("epoch at marker %s (t=%.3f) rejected: %s", m.label, m.t, reason)

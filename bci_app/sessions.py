@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from trainer.data.things_eeg2 import CATCH_CODE
 from trainer.errors import DataFormatError
 

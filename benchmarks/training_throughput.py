@@ -68,7 +68,8 @@ def main(argv=None) -> None:
         model.train()
         order = torch.randperm(n - n_val, device=device)
         for idx in torch.split(order, args.batch_size):
-            loss, dt = _timed(lambda: clip_loss(model.embed_brain(x_t[idx]), model.embed_images(f_t[idx]), model.logit_scale()), device)
+            loss, dt = _timed(lambda idx=idx: clip_loss(model.embed_brain(x_t[idx]), model.embed_images(f_t[idx]),
+                                                        model.logit_scale()), device)
             times["forward"] += dt
             opt.zero_grad(set_to_none=True)
             _, dt = _timed(loss.backward, device)

@@ -36,9 +36,7 @@ def tiny_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_meg_dataset(tmp_path_factory):
     """A one-subject set smaller than tiny, with its THINGS-MEG-like -epo.fif."""
-    from trainer.synth import generate
-
-    from trainer.synth import SynthConfig
+    from trainer.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("things_tiny_meg")
     config = SynthConfig(n_train_concepts=24, images_per_concept=3, n_test_concepts=8, n_sessions=2,

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ._io import atomic_path, atomic_write_text
 from .errors import DataFormatError
 from .preprocessing import PreprocessingSpec
 
@@ -107,19 +106,13 @@ class Bundle:
         return self.embed(epochs, **kwargs) @ self.gallery.T
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_gallery(out: Path, emb: torch.Tensor, ids: Sequence[int], concepts: Sequence[str], files: Sequence[str],
                    images: Sequence[Any] | None) -> None:
     """gallery.safetensors, gallery.json and thumbnails/ of a bundle folder."""
     from safetensors.torch import save_file
 
-    save_file({"embeddings": emb.contiguous(), "ids": torch.as_tensor(np.asarray(ids, dtype=np.int64))},
-              str(out / "gallery.safetensors"))
+    with atomic_path(out / "gallery.safetensors") as tmp:
+        save_file({"embeddings": emb.contiguous(), "ids": torch.as_tensor(np.asarray(ids, dtype=np.int64))}, str(tmp))
     thumbs = out / "thumbnails"
     if thumbs.exists():
         shutil.rmtree(thumbs)
@@ -134,7 +127,7 @@ def _write_gallery(out: Path, emb: torch.Tensor, ids: Sequence[int], concepts: S
             thumb = f"thumbnails/{int(ids[i]):05d}.jpg"
             image.save(out / thumb, quality=90)
         items.append({"id": int(ids[i]), "concept": str(concepts[i]), "file": str(files[i]), "thumbnail": thumb})
-    _atomic_write_text(out / "gallery.json", json.dumps({"items": items}, indent=1) + "\n")
+    atomic_write_text(out / "gallery.json", json.dumps({"items": items}, indent=1) + "\n")
 
 
 def save_bundle(
@@ -172,7 +165,8 @@ def save_bundle(
         emb = torch.nn.functional.normalize(emb, dim=1).contiguous()
     tensors = {f"brain.{k}": v.detach().contiguous() for k, v in model.brain.state_dict().items()}
     tensors.update({f"image_projector.{k}": v.detach().contiguous() for k, v in model.image_projector.state_dict().items()})
-    save_file(tensors, str(out / "encoder.safetensors"))
+    with atomic_path(out / "encoder.safetensors") as tmp:
+        save_file(tensors, str(tmp))
 
     _write_gallery(out, emb, gallery_ids, gallery_concepts, gallery_files, gallery_images)
 
@@ -190,7 +184,7 @@ def save_bundle(
         "provenance": dict(provenance),
         "metrics": dict(metrics or {}),
     }
-    _atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
     return out
 
 
@@ -349,6 +343,7 @@ def retarget_bundle(
     default to 1..N (the marker codes the app will match), ``concepts`` to each file's
     parent folder name.
     """
+    from .config import layer_key
     from .errors import BCIError
     from .vision import extract_features, load_backbone
 
@@ -376,7 +371,7 @@ def retarget_bundle(
         raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
                        f"({info['weights_id']}); pass the same weights file with --weights")
     layer = bundle.config["layer"]
-    key = "final" if layer == "final" else f"layer_{layer}"
+    key = layer_key(layer)
     feats = extract_features(backbone, paths, [layer], pooling=bundle.config["pooling"], batch_size=batch_size)[key]
     projector = torch.nn.Linear(feats.shape[1], bundle.gallery.shape[1])
     try:
@@ -392,5 +387,5 @@ def retarget_bundle(
     _write_gallery(out, emb, ids, concepts, [str(p) for p in paths], [(lambda p=p: open_rgb(p)) for p in paths])
     config = dict(bundle.config)
     config["provenance"] = dict(config.get("provenance", {}), retargeted_from=str(bundle.path), gallery_images=len(paths))
-    _atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
     return out

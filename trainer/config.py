@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .datasets import SOURCES
+from .errors import UsageError
 
-__all__ = ["FitConfig", "default_cache_dir", "layer_list", "parse_layer"]
+__all__ = ["FINAL", "FitConfig", "default_cache_dir", "layer_key", "layer_list", "layer_of_key", "parse_layer"]
+
+#: the name of a backbone's own final (pooled pre-logits) embedding among its layers
+FINAL = "final"
 
 
 def default_cache_dir() -> Path:
@@ -123,9 +127,26 @@ def parse_layer(value: str | int) -> str | int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"layer must be 'auto', 'final' or a block index, got {value!r}") from None
+        raise UsageError(f"layer must be 'auto', 'final' or a block index, got {value!r}") from None
 
 
+def layer_key(layer: str | int) -> str:
+    """The one name of a layer in feature caches, checkpoints and run folders:
+    ``"layer_K"`` for block ``K`` (non-negative), ``"final"`` for the final embedding."""
+    if layer == FINAL:
+        return FINAL
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise UsageError(f"a layer is a non-negative block index or 'final', got {layer!r}")
+    return f"layer_{layer}"
+
+
+def layer_of_key(key: str) -> str | int:
+    """The layer a :func:`layer_key` names (``"layer_3"`` -> 3, ``"final"`` -> ``"final"``)."""
+    if key == FINAL:
+        return FINAL
+    if key.startswith("layer_") and key[6:].isdigit():
+        return int(key[6:])
+    raise UsageError(f"a layer key is 'layer_K' or 'final', got {key!r}")
 
 
 def layer_list(spec: str, n_layers: int, *, name: str = "layers") -> list[str | int]:

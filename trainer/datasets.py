@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ._io import atomic_path
 from .data import ThingsEEG2, TrialSet, read_things_meg, things_meg_path, trials_from_raw
 from .data.images import ImageSet
 from .errors import DataFormatError
@@ -89,12 +88,10 @@ def _raw_trials(ds: ThingsEEG2, subject: int, partition: str, spec: Preprocessin
                 logger.warning("ignoring unreadable epoch cache %s (%s)", cache, err)
     trials = trials_from_raw(ds.iter_raw_sessions(subject, partition), spec, n_images=len(images))
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{uuid.uuid4().hex[:8]}.tmp")
-        save_file({"data": np.ascontiguousarray(trials.data), "times": np.asarray(trials.times),
-                   "image_ids": np.asarray(trials.image_ids, dtype=np.int64)}, str(tmp),
-                  metadata={"channels": json.dumps(list(trials.ch_names)), "sfreq": str(trials.sfreq)})
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            save_file({"data": np.ascontiguousarray(trials.data), "times": np.asarray(trials.times),
+                       "image_ids": np.asarray(trials.image_ids, dtype=np.int64)}, str(tmp),
+                      metadata={"channels": json.dumps(list(trials.ch_names)), "sfreq": str(trials.sfreq)})
     return trials
 
 
@@ -236,7 +233,8 @@ def load_test_data(
     if source == "auto":
         source = "raw" if (root / "raw_data" / f"sub-{subject:02d}").is_dir() else "preprocessed"
     if ds is not None and subject not in ds.subjects():
-        raise DataFormatError(root, "subject", f"subject {subject} not found (subjects here: {', '.join(map(str, ds.subjects())) or 'none'})")
+        have = ", ".join(map(str, ds.subjects())) or "none"
+        raise DataFormatError(root, "subject", f"subject {subject} not found (subjects here: {have})")
     cache = Path(cache_dir) if cache_dir is not None else None
     if source == "raw":
         test = _raw_trials(ds, subject, "test", plain, cache)

@@ -8,11 +8,26 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["BCIError", "DataFormatError", "ForbiddenPickleError"]
+__all__ = ["BCIError", "DataFormatError", "ForbiddenPickleError", "MissingFileError", "UsageError", "UsageTypeError"]
 
 
 class BCIError(Exception):
-    """Base class of the errors that are the user's input at fault, not a bug."""
+    """Base class of the errors that are the user's input (or the user's machine) at
+    fault, not a bug: the command lines print them as one line.  Anything else that
+    escapes a command is a bug and shows its traceback."""
+
+
+class UsageError(BCIError, ValueError):
+    """A bad argument, option or combination of options; the message names it and the
+    value received.  A ``ValueError`` too, for library callers."""
+
+
+class UsageTypeError(BCIError, TypeError):
+    """An argument of the wrong type; the message names it and the type received."""
+
+
+class MissingFileError(BCIError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
 
 
 class DataFormatError(BCIError, ValueError):

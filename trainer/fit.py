@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 import uuid
@@ -26,8 +25,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ._io import atomic_path, atomic_write_text
 from .bundle import save_bundle
-from .config import FitConfig, default_cache_dir, layer_list, parse_layer
+from .config import FitConfig, default_cache_dir, layer_key, layer_list, parse_layer
 from .data.splits import validation_split
 from .datasets import SubjectData, load_fit_data
 from .losses import clip_loss
@@ -47,10 +47,6 @@ def _candidate_layers(cfg: FitConfig, n_layers: int) -> list[str | int]:
     if layer == "auto":
         return layer_list(cfg.layers or "auto", n_layers, name=f"layers ({cfg.backbone})")
     return layer_list(str(layer), n_layers, name=f"layer ({cfg.backbone})")
-
-
-def _layer_key(layer: str | int) -> str:
-    return "final" if layer == "final" else f"layer_{layer}"
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -131,13 +127,9 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, best_state: dict, opt: 
     info = dict(info, opt_scalars=steps, param_groups=[{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]])
     token = uuid.uuid4().hex
     info["token"] = token
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{token[:8]}.tmp")
-    save_file(tensors, str(tmp), metadata={"token": token})
-    os.replace(tmp, path)
-    tmpj = path.with_suffix(".json.tmp")
-    tmpj.write_text(json.dumps(info, indent=1))
-    os.replace(tmpj, path.with_suffix(".json"))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"token": token})
+    atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=1))
 
 
 def _load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, fingerprint: str) -> tuple[dict, dict] | None:
@@ -240,7 +232,7 @@ def _train_layer(
     f_fit = (f_fit - f_mean) / f_std
     f_val = (torch.from_numpy(features[split.val_images]).to(device) - f_mean) / f_std
 
-    ckpt = ckpt_dir / f"{_layer_key(layer)}.safetensors"
+    ckpt = ckpt_dir / f"{layer_key(layer)}.safetensors"
     result = LayerResult(layer=layer, best_val_top1=-1.0, best_epoch=-1)
     start = 0
     resumed = _load_checkpoint(ckpt, model, opt, fingerprint)
@@ -249,13 +241,13 @@ def _train_layer(
         info, best_state = resumed
         start = int(info["epoch"]) + 1
         result.best_val_top1, result.best_epoch, result.history = info["best_val_top1"], info["best_epoch"], info["history"]
-        logger.info("%s: resuming after epoch %d", _layer_key(layer), start)
+        logger.info("%s: resuming after epoch %d", layer_key(layer), start)
     n = len(x_fit)
     n_batches = max(1, math.ceil(n / cfg.batch_size))
     gen = torch.Generator().manual_seed(cfg.seed)
     for _ in range(start):  # keep the shuffling sequence of an uninterrupted run
         torch.randperm(n, generator=gen)
-    bar = tqdm(range(start, cfg.epochs), desc=f"{_layer_key(layer)}", unit="epoch", file=sys.stderr,
+    bar = tqdm(range(start, cfg.epochs), desc=f"{layer_key(layer)}", unit="epoch", file=sys.stderr,
                disable=None, leave=False, dynamic_ncols=True, initial=start, total=cfg.epochs)
     last_save = time.perf_counter()
     for epoch in bar:
@@ -280,7 +272,7 @@ def _train_layer(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{total / n:.3f}", val_top1=f"{val:.3f}", best=f"{result.best_val_top1:.3f}")
         if progress is not None:
-            progress(f"training {_layer_key(layer)}", epoch + 1, cfg.epochs)
+            progress(f"training {layer_key(layer)}", epoch + 1, cfg.epochs)
         # checkpoint at most every CHECKPOINT_SECONDS (and after the last epoch): an
         # interruption loses little, and small runs are not slowed by writing weights each epoch
         if epoch == cfg.epochs - 1 or time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
@@ -298,7 +290,8 @@ def _train_layer(
 
 
 def _fingerprint(cfg: FitConfig, layer_key: str, extra: dict) -> str:
-    keep = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "device", "cache", "image_batch_size", "epochs", "layer", "layers")}
+    ignored = ("out", "device", "cache", "image_batch_size", "epochs", "layer", "layers")
+    keep = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
     return hashlib.sha256(json.dumps([keep, layer_key, extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -358,7 +351,7 @@ def fit(cfg: FitConfig, progress: Callable[[str, int, int], None] | None = None)
                 len(data.train), data.subjects_train, data.test.shape[0], data.test.shape[1], data.train.shape[1],
                 data.train.shape[2], data.source)
 
-    keys = [_layer_key(k) for k in candidates]
+    keys = [layer_key(k) for k in candidates]
     cache.mkdir(parents=True, exist_ok=True)
     feats_train, feats_test = image_features(backbone, cfg, data.train_images, data.test_images, candidates, cache,
                                             report=progress)
@@ -378,7 +371,7 @@ def fit(cfg: FitConfig, progress: Callable[[str, int, int], None] | None = None)
         if best is None or res.best_val_top1 > best[0].best_val_top1:
             best = (res, model)
     chosen, model = best
-    key = _layer_key(chosen.layer)
+    key = layer_key(chosen.layer)
     with torch.inference_mode():
         gallery = torch.nn.functional.normalize(
             model.embed_images(torch.from_numpy(feats_test[key]).to(device)), dim=1).cpu().numpy()

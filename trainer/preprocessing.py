@@ -32,8 +32,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import scipy.signal
 
-from .montage import OCCIPITO_PARIETAL_PATTERN
 from .errors import DataFormatError
+from .montage import OCCIPITO_PARIETAL_PATTERN
 
 __all__ = ["PreprocessingSpec", "select_channels"]
 

@@ -17,13 +17,13 @@ import logging
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._io import atomic_path
 from .errors import BCIError
 
 __all__ = ["pretrain_backbone"]
@@ -135,11 +135,9 @@ def pretrain_backbone(
         bar.set_postfix(loss=f"{total / len(x_all):.3f}", acc=f"{correct / len(x_all):.3f}")
     bar.close()
     model.eval().cpu()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"backbone": backbone, "image_size": str(image_size), "classes": str(n_classes)})
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"backbone": backbone, "image_size": str(image_size), "classes": str(n_classes)})
     summary = {
         "backbone": backbone, "weights": str(out), "image_size": image_size, "classes": n_classes,
         "images": len(x_all), "epochs": epochs, "color_jitter": color_jitter, "train_accuracy": history[-1]["accuracy"],

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import FitConfig, default_cache_dir, layer_list
+from .config import FitConfig, default_cache_dir, layer_key, layer_list
 
 __all__ = ["sweep", "write_report"]
 
@@ -63,7 +63,7 @@ def sweep(
         for subject in subjects:
             for seed in seeds:
                 for layer in swept:
-                    key = "final" if layer == "final" else f"layer_{layer}"
+                    key = layer_key(layer)
                     run_dir = out / name / f"sub-{subject:02d}" / f"seed-{seed}" / key
                     cfg = dataclasses.replace(base, backbone=name, subject=subject, seed=seed, layer=str(layer),
                                               layers="", out=str(run_dir))
@@ -152,9 +152,9 @@ def write_report(rows: list[dict], out: Path) -> None:
         for layer in layer_list:
             depth = "final" if layer == "final" else f"{(layer + 1) / info[b]['n_layers']:.2f}"
             lines.append(f"| {b} | {layer} | {depth} | {val[(b, layer)]:.3f} | {test[(b, layer)]:.3f} |")
-        inter = [l for l in layer_list if l != "final"]
+        inter = [k for k in layer_list if k != "final"]
         if inter:
-            best = max(inter, key=lambda l: val[(b, l)])
+            best = max(inter, key=lambda k: val[(b, k)])
             summary.append((b, info[b]["n_params"], best, test[(b, best)], test.get((b, "final"))))
     lines += ["", "| backbone | params | best layer (by validation) | its test top-1 | final layer test top-1 |",
               "|---|---|---|---|---|"]
@@ -164,7 +164,7 @@ def write_report(rows: list[dict], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for b in backbones:
-        pts = sorted(((l + 1) / info[b]["n_layers"], test[(b, l)]) for (bb, l) in test if bb == b and l != "final")
+        pts = sorted(((k + 1) / info[b]["n_layers"], test[(b, k)]) for (bb, k) in test if bb == b and k != "final")
         line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=b)[0]
         if (b, "final") in test:
             ax.plot([1.05], [test[(b, "final")]], marker="*", markersize=12, color=line.get_color(), linestyle="none")

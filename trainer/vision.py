@@ -37,7 +37,6 @@ import inspect
 import logging
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,8 @@ import numpy as np
 import torch
 
 from ._checks import check_option, check_path, check_positive, check_type
+from ._io import atomic_path
+from .config import FINAL, layer_key, layer_of_key
 from .data.images import open_rgb
 from .errors import BCIError
 
@@ -63,7 +64,6 @@ __all__ = [
 logger = logging.getLogger("trainer")
 
 POOLINGS = ("mean", "cls", "mean+cls")
-FINAL = "final"
 _CACHE_FORMAT = "v1"  # bump when the meaning of a cached file changes
 _TENSOR_NAME = "features"
 
@@ -385,7 +385,7 @@ def _parse_layers(backbone: Backbone, layers) -> tuple[list[str], list[int]]:
                                  f"valid indices are 0..{n - 1} (or -{n}..-1 from the end), or 'final'")
             k %= n
             indices.add(k)
-            key = f"layer_{k}"
+            key = layer_key(k)
         else:
             raise TypeError(f"layers: each entry must be an int or 'final', got {type(item).__name__} ({item!r:.80})")
         if key not in keys:
@@ -542,7 +542,7 @@ def extract_features(
                     result = model.forward_intermediates(x, **fwd_kwargs)
                     final, inters = result if want_final else (None, result)
                     for k, item in zip(indices, inters):
-                        store(f"layer_{k}", start, _pool(item, pooling))
+                        store(layer_key(k), start, _pool(item, pooling))
                 else:  # only the final embedding asked for
                     final = model.forward_features(x)
                 if want_final:
@@ -585,8 +585,7 @@ def feature_cache_key(backbone: Backbone, layer_key: str, pooling: str, image_id
     check_type(backbone, Backbone, "backbone")
     check_type(layer_key, str, "layer_key")
     check_type(image_ids, str, "image_ids")
-    if layer_key != FINAL and not re.fullmatch(r"layer_\d+", layer_key):
-        raise ValueError(f"layer_key must be 'layer_K' or 'final', got {layer_key!r}")
+    layer_of_key(layer_key)  # 'layer_K' or 'final'
     check_option(pooling, POOLINGS, "pooling")
     if not image_ids:
         raise ValueError("image_ids must be a non-empty string identifying the image set")
@@ -633,17 +632,8 @@ def _read_cache(path: Path, n_images: int, expected_meta: dict[str, str]) -> np.
 def _write_cache(path: Path, arr: np.ndarray, metadata: dict[str, str]) -> None:
     from safetensors.numpy import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem[:50] + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({_TENSOR_NAME: np.ascontiguousarray(arr, dtype=np.float32)}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path) as tmp:
+        save_file({_TENSOR_NAME: np.ascontiguousarray(arr, dtype=np.float32)}, str(tmp), metadata=metadata)
 
 
 def cached_features(
@@ -699,7 +689,7 @@ def cached_features(
     if missing:
         logger.info("computing %s of %s for %d images (%d layer(s) cached)",
                     ", ".join(missing), backbone.name, n_images, len(keys) - len(missing))
-        request = [FINAL if k == FINAL else int(k.split("_", 1)[1]) for k in missing]
+        request = [layer_of_key(k) for k in missing]
         computed = extract_features(backbone, images, request, pooling=pooling, batch_size=batch_size,
                                     progress=progress)
         for key in missing:

@@ -93,8 +93,9 @@ def test_window_screenshot_run_ends_with_the_error_when_the_stream_is_not_there(
 
 def test_bci_replay_streams_a_things_file_and_stops_cleanly(tiny_dataset, stream_name):
     path = tiny_dataset / "raw_data" / "sub-01" / "ses-01" / "raw_eeg_test.npy"
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from bci_app.cli import replay_main; sys.exit(replay_main())", str(path), "--name", stream_name,
-                             "--markers", "string"], stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    code = "import sys; from bci_app.cli import replay_main; sys.exit(replay_main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), "--name", stream_name, "--markers", "string"],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 30
         names = set()

@@ -65,7 +65,7 @@ def test_layer_choice_never_reads_test_data(tiny_dataset, tmp_path, monkeypatch)
     real_loader = fit_module.load_fit_data
     runs = {}
     for name, scramble in (("real", False), ("noise", True)):
-        def loader(*args, **kwargs):
+        def loader(*args, scramble=scramble, **kwargs):
             data = real_loader(*args, **kwargs)
             if scramble:
                 data.test = np.random.default_rng(0).standard_normal(data.test.shape).astype(np.float32)

@@ -25,7 +25,7 @@ def test_sweep_one_feature_pass_then_a_run_per_layer(tiny_dataset, tmp_path, mon
     assert len(calls) == 2  # training images and test images, all three layers each time
     assert all(sorted(map(str, c)) == ["0", "3", "final"] for c in calls)
     assert len(rows) == 6
-    assert {(r["seed"], r["layer"]) for r in rows} == {(s, l) for s in (0, 1) for l in (0, 3, "final")}
+    assert {(r["seed"], r["layer"]) for r in rows} == {(s, k) for s in (0, 1) for k in (0, 3, "final")}
     for name in ("sweep.csv", "sweep.md", "top1_vs_depth.png"):
         assert (tmp_path / "sweep" / name).is_file()
     with open(tmp_path / "sweep" / "sweep.csv") as fh:

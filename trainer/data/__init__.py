@@ -1,7 +1,7 @@
 """Readers of THINGS-EEG2 / THINGS-MEG files into one layout, and the image set."""
 
-from .images import ImageSet, load_image_set, read_image_metadata, write_image_metadata
 from ..montage import OCCIPITO_PARIETAL_PATTERN, THINGS_EEG2_CHANNELS, THINGS_EEG2_PREPROCESSED_CHANNELS
+from .images import ImageSet, load_image_set, read_image_metadata, write_image_metadata
 from .safe_npy import load_npy_dict, load_npy_object, save_npy_dict
 from .splits import validation_split
 from .things_eeg2 import (

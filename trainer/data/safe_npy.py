@@ -19,12 +19,12 @@ import io
 import os
 import pickle
 import struct
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import atomic_path
 from ..errors import DataFormatError, ForbiddenPickleError
 
 __all__ = ["load_npy_dict", "load_npy_object", "save_npy_dict"]
@@ -254,17 +254,10 @@ def save_npy_dict(path: str | os.PathLike, data: dict) -> Path:
     and only plain data (arrays, lists, strings, numbers) goes in.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # usual permissions
-    try:
-        array = np.empty((), dtype=object)
-        array[()] = data
-        with open(tmp, "xb") as fh:
-            # what numpy.save does for an object array: header, then a protocol-3 pickle
-            np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
-            pickle.dump(array, fh, protocol=3)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    array = np.empty((), dtype=object)
+    array[()] = data
+    with atomic_path(path) as tmp, open(tmp, "xb") as fh:
+        # what numpy.save does for an object array: header, then a protocol-3 pickle
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
+        pickle.dump(array, fh, protocol=3)
     return path

@@ -106,7 +106,8 @@ def check_raw_dict(d: dict, path: Path) -> tuple[np.ndarray, tuple[str, ...], tu
     """Validate the fields of a raw session's dict: (data, ch_names, ch_types, sfreq)."""
     data = d["raw_eeg_data"]
     if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu" or data.ndim != 2:
-        raise DataFormatError(path, "raw_eeg_data", f"must be a 2-D numeric array (channels x samples), got {getattr(data, 'shape', type(data).__name__)}")
+        got = getattr(data, "shape", type(data).__name__)
+        raise DataFormatError(path, "raw_eeg_data", f"must be a 2-D numeric array (channels x samples), got {got}")
     ch_names = _names(d["ch_names"], path, "ch_names")
     ch_types = _names(d["ch_types"], path, "ch_types")
     if len(ch_names) != data.shape[0]:
@@ -371,7 +372,8 @@ def arrange_trials(
             )
     n_rep = int(counts.min()) if repetitions is None else int(repetitions)
     if counts.min() < n_rep:
-        raise DataFormatError(source, "raw_eeg_data", f"image {int(present[np.argmin(counts)])} has only {int(counts.min())} trial(s), {n_rep} requested")
+        raise DataFormatError(source, "raw_eeg_data", f"image {int(present[np.argmin(counts)])} has only "
+                                                      f"{int(counts.min())} trial(s), {n_rep} requested")
     order = np.argsort(codes, kind="stable")  # groups codes, keeps recording order within
     starts = np.searchsorted(codes[order], present)
     rows = order[starts[:, None] + np.arange(n_rep)[None, :]]  # (n_images, n_rep)

@@ -111,7 +111,8 @@ def read_things_meg(
         part_counts = counts[mask]
         n_rep = 1 if part == "training" else (int(part_counts.min()) if test_repetitions is None else test_repetitions)
         if part_counts.min() < n_rep:
-            raise DataFormatError(path, "events", f"{part} image code {int(part_codes[np.argmin(part_counts)])} has {int(part_counts.min())} repetitions, {n_rep} needed")
+            raise DataFormatError(path, "events", f"{part} image code {int(part_codes[np.argmin(part_counts)])} has "
+                                                  f"{int(part_counts.min())} repetitions, {n_rep} needed")
         rows = np.empty((len(part_codes), n_rep), dtype=np.int64)
         for i, code in enumerate(part_codes):
             rows[i] = np.flatnonzero(codes == code)[:n_rep]

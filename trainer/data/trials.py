@@ -44,7 +44,8 @@ class TrialSet:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_names", tuple(self.ch_names))
         if self.data.ndim != 4:
-            raise DataFormatError(self.source, "data", f"must have 4 dimensions (images, repetitions, channels, times), got shape {self.data.shape}")
+            raise DataFormatError(self.source, "data", "must have 4 dimensions (images, repetitions, channels, times), "
+                                                       f"got shape {self.data.shape}")
         n_img, _, n_ch, n_t = self.data.shape
         if len(self.ch_names) != n_ch:
             raise DataFormatError(self.source, "ch_names", f"has {len(self.ch_names)} names for {n_ch} channels in the data")

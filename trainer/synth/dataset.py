@@ -26,7 +26,6 @@ import numpy as np
 
 from .._checks import check_positive, check_type
 from ..data.images import write_image_metadata
-from ..montage import THINGS_EEG2_CHANNELS
 from ..data.things_eeg2 import (
     CATCH_CODE,
     RawSession,
@@ -35,6 +34,8 @@ from ..data.things_eeg2 import (
     write_preprocessed,
     write_raw_array,
 )
+from ..data.things_meg import MEG_CATCH_CODE
+from ..montage import THINGS_EEG2_CHANNELS
 from ..preprocessing import NAMED_SPECS
 from .brain import UV, BrainModel, make_noise
 from .images import image_statistics, make_concept_names, make_concept_styles, render_image
@@ -43,7 +44,6 @@ __all__ = ["PRESETS", "SynthConfig", "generate", "MEG_CATCH_CODE"]
 
 logger = logging.getLogger("trainer")
 
-from ..data.things_meg import MEG_CATCH_CODE
 VARIANT_FOLDERS = {"official": "preprocessed_data", "63ch-250hz": "preprocessed_data_63ch_250hz"}
 
 
