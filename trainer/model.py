@@ -3,15 +3,16 @@ linear projector over frozen backbone features, and the contrastive temperature.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from .encoders import create_encoder
 from .losses import LogitScale
 
-__all__ = ["AlignmentModel", "BrainEmbedder"]
+__all__ = ["AlignmentModel", "BrainEmbedder", "embed_epochs", "normalised_embedding"]
 
 
 class BrainEmbedder(nn.Module):
@@ -71,3 +72,22 @@ class AlignmentModel(nn.Module):
         w = lin.weight / std.to(lin.weight)[None, :]
         lin.bias -= w @ mean.to(w)
         lin.weight.copy_(w)
+
+
+def normalised_embedding(embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``embed(x)`` as float32, L2-normalised per row: the one encode-and-normalise step
+    that training, evaluation, bundles and the live decoder share (call it under
+    ``torch.inference_mode()`` outside training)."""
+    return nn.functional.normalize(embed(x).float(), dim=1)
+
+
+def embed_epochs(embed: Callable[[torch.Tensor], torch.Tensor], epochs: np.ndarray, *, device: torch.device | str,
+                 batch_size: int = 1024) -> np.ndarray:
+    """L2-normalised embeddings (n, D) float32 of epochs (n, C, T), in batches on ``device``
+    (where ``embed``'s weights must already be)."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(epochs), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(epochs[i : i + batch_size], dtype=np.float32)).to(device)
+            out.append(normalised_embedding(embed, x).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
