@@ -14,11 +14,14 @@ import sys
 import time
 from typing import Sequence
 
-__all__ = ["main", "replay_main"]
+from trainer.errors import BCIError, UsageError, run_command
+
+from .summary import format_summary
+
+__all__ = ["build_parser", "build_replay_parser", "main", "replay_main"]
 
 logger = logging.getLogger("bci_app")
 
-_COMMANDS = ("streams", "sys-info", "recover")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -28,13 +31,15 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("mne_lsl").setLevel(logging.WARNING)
 
 
-def _live_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bci-app`` command line: the live decoder's options, and the other commands."""
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks with errors)")
     p = argparse.ArgumentParser(
-        prog="bci-app",
+        prog="bci-app", parents=[verbose],
         description="Decode a live EEG stream with a model bundle: epochs on stimulus markers, retrieves the "
                     "seen image among the bundle's gallery, in a window (default) or --headless. 'bci-app --demo' "
-                    "runs everything on synthetic data with no amplifier. Other commands: 'bci-app streams' (list LSL streams), "
-                    "'bci-app recover DIR' (finish a recording left by a crash), 'bci-app sys-info'.",
+                    "runs everything on synthetic data with no amplifier.",
     )
     p.add_argument("--bundle", default=None,
                    help="model bundle folder (a bci-train fit run); the window can also open one")
@@ -68,51 +73,53 @@ def _live_parser() -> argparse.ArgumentParser:
                    help="record the raw EEG, markers and predictions into DIR (a new folder)")
     p.add_argument("--summary", default=None, metavar="FILE", help="also write the summary as JSON to FILE")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the streams at start (default 5)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(run=_cmd_live, command=None)
+
+    sub = p.add_subparsers(title="other commands", metavar="COMMAND")
+    s = sub.add_parser("streams", parents=[verbose], help="list the LSL streams on the network",
+                       description="List the LSL streams on the network.")
+    s.add_argument("--timeout", type=float, default=2.0, help="seconds to look (default 2)")
+    s.add_argument("--json", action="store_true", help="one JSON object per stream")
+    s.set_defaults(run=_cmd_streams, command="streams")
+    s = sub.add_parser("recover", parents=[verbose], help="finish a recording left by a crash",
+                       description="Make recording-raw.fif from the journal of a recording that did not finish.")
+    s.add_argument("folder", help="the recording folder (bci-app --record DIR)")
+    s.set_defaults(run=_cmd_recover, command="recover")
+    s = sub.add_parser("sys-info", parents=[verbose], help="versions of the parts this app runs on",
+                       description="Versions of the parts this app runs on, and whether the window can open here.")
+    s.set_defaults(run=_cmd_sys_info, command="sys-info")
     return p
-
-
-def _print_summary(summary: dict) -> None:
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f} %"
-
-    st, av = summary["single_trial"], summary["averaged"]
-    rej = summary["epochs_rejected"]
-    lines = [
-        f"summary: {summary['epochs_decoded']} epochs decoded, {summary['markers_seen']} markers seen "
-        f"({summary['markers_unknown']} unknown, {summary['catch_markers']} catch), "
-        f"{sum(rej.values())} rejected" + (f" ({', '.join(f'{k}: {v}' for k, v in rej.items() if v)})" if any(rej.values()) else "")
-        + f", {summary['epochs_pending']} pending at exit",
-        f"  stream: {summary['samples_received']} samples, {summary['samples_lost']} lost, {summary['gaps']} gap(s), "
-        f"{summary['stalls']} stall(s)",
-        f"  single trial: top-1 {pct(st['top1'])}, top-5 {pct(st['top5'])} over {st['n']} epochs with a known stimulus",
-        f"  averaged repetitions: top-1 {pct(av['top1'])}, top-5 {pct(av['top5'])} over {av['n_stimuli']} stimuli",
-    ]
-    for key, name in (("decision_latency", "decision latency (ready -> decided)"),
-                      ("marker_to_decision_latency", "marker -> decision")):
-        lat = summary[key]
-        if lat:
-            lines.append(f"  {name}: p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms")
-    if summary.get("recording"):
-        lines.append(f"  recording: {summary['recording']}")
-    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _check_args(args: argparse.Namespace) -> None:
     for name in ("max_epochs", "top_k", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     for name in ("duration", "idle_exit", "timeout"):
         value = getattr(args, name)
         if value is not None and not value > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
     if args.demo and (args.bundle or args.stream):
-        raise ValueError("--demo makes its own bundle and stream; leave out --bundle and --stream")
+        raise UsageError("--demo makes its own bundle and stream; leave out --bundle and --stream")
     if args.screenshot and args.headless:
-        raise ValueError("--screenshot needs the window; leave out --headless")
+        raise UsageError("--screenshot needs the window; leave out --headless")
     if args.screenshot and not (args.demo or (args.bundle and args.stream)):
-        raise ValueError("--screenshot needs something to decode: --demo, or --bundle and --stream")
+        raise UsageError("--screenshot needs something to decode: --demo, or --bundle and --stream")
+    if args.headless and not args.demo and not (args.bundle and args.stream):
+        raise UsageError("--headless needs --bundle and --stream (or --demo)")
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    _check_args(args)
+    if not args.headless:
+        run_window = _window_entry()
+        sys.setswitchinterval(0.0005)
+        import torch
+
+        torch.set_num_threads(args.threads)
+        return run_window(args)
+    return _run_headless(args)
 
 
 def _run_headless(args: argparse.Namespace) -> int:
@@ -146,8 +153,6 @@ def _decode_headless(args: argparse.Namespace) -> int:
 
     from .pipeline import LiveSession
 
-    if not args.bundle or not args.stream:
-        raise ValueError("--headless needs --bundle and --stream (or --demo)")
     bundle = load_bundle(args.bundle)
     # mne-lsl's acquisition thread and this loop share the GIL: hand it over sooner than
     # the default 5 ms, so a ready epoch does not wait for the other thread's time slice
@@ -191,7 +196,7 @@ def _decode_headless(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         summary = session.close()
     summary["stopped_because"] = reason
-    _print_summary(summary)
+    print(format_summary(summary), file=sys.stderr, flush=True)
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(summary, f, indent=2)
@@ -201,8 +206,6 @@ def _decode_headless(args: argparse.Namespace) -> int:
 def _window_entry():
     """The window's entry point, or a one-line error when there is no screen or no Qt."""
     import os
-
-    from trainer.errors import BCIError
 
     if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
             and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
@@ -219,11 +222,7 @@ def _window_entry():
     return run_window
 
 
-def _cmd_streams(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="bci-app streams", description="List the LSL streams on the network.")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to look (default 2)")
-    p.add_argument("--json", action="store_true", help="one JSON object per stream")
-    args = p.parse_args(argv)
+def _cmd_streams(args: argparse.Namespace) -> int:
     from .streams import list_streams
 
     streams = list_streams(timeout=args.timeout)
@@ -245,8 +244,7 @@ def _cmd_streams(argv: Sequence[str]) -> int:
     return 0
 
 
-def _cmd_sys_info(argv: Sequence[str]) -> int:
-    argparse.ArgumentParser(prog="bci-app sys-info", description="Versions of the parts this app runs on.").parse_args(argv)
+def _cmd_sys_info(args: argparse.Namespace) -> int:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -275,11 +273,7 @@ def _cmd_sys_info(argv: Sequence[str]) -> int:
     return 0
 
 
-def _cmd_recover(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="bci-app recover",
-                                description="Make recording-raw.fif from the journal of a recording that did not finish.")
-    p.add_argument("folder")
-    args = p.parse_args(argv)
+def _cmd_recover(args: argparse.Namespace) -> int:
     from .recording import finalize_recording
 
     print(f"wrote {finalize_recording(args.folder)}")
@@ -288,40 +282,14 @@ def _cmd_recover(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bci-app``; returns the exit code."""
-    from trainer.errors import BCIError
-
-    from .streams import StreamError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in _COMMANDS else None
-    try:
-        if command == "streams":
-            _setup_logging(False)
-            return _cmd_streams(argv[1:])
-        if command == "sys-info":
-            return _cmd_sys_info(argv[1:])
-        if command == "recover":
-            _setup_logging(False)
-            return _cmd_recover(argv[1:])
-        args = _live_parser().parse_args(argv)
-        _setup_logging(args.verbose)
-        _check_args(args)
-        if not args.headless:
-            run_window = _window_entry()
-            sys.setswitchinterval(0.0005)
-            import torch
-
-            torch.set_num_threads(args.threads)
-            return run_window(args)
-        return _run_headless(args)
-    except (BCIError, StreamError, ValueError, TypeError, OSError) as err:
-        print(f"bci-app{' ' + command if command else ''}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    prog = "bci-app" + (f" {args.command}" if args.command else "")
+    return run_command(prog, lambda: args.run(args), verbose=args.verbose, interrupted=0)
 
 
-def _replay_parser() -> argparse.ArgumentParser:
+def build_replay_parser() -> argparse.ArgumentParser:
+    """The ``bci-replay`` command line."""
     p = argparse.ArgumentParser(
         prog="bci-replay",
         description="Play a recorded session as LSL streams: the EEG as NAME, the stimulus markers as NAME-markers. "
@@ -363,7 +331,7 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bci-replay``; returns the exit code."""
     from trainer.errors import BCIError
 
-    args = _replay_parser().parse_args(argv)
+    args = build_replay_parser().parse_args(argv)
     _setup_logging(args.verbose)
     player = None
 

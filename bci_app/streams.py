@@ -22,14 +22,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from trainer.errors import BCIError
+
 __all__ = ["ConnectCancelled", "StreamSummary", "list_streams", "resolve_one", "EEGSource", "NumericMarkers", "StringMarkers",
            "open_markers", "StreamError"]
 
 logger = logging.getLogger("bci_app")
 
 
-class StreamError(RuntimeError):
-    """A stream that is not there, is ambiguous or does not fit."""
+class StreamError(BCIError, RuntimeError):
+    """A stream that is not there, is ambiguous, does not fit, or changed under us."""
 
 
 class ConnectCancelled(StreamError):

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("trainer")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bci-train`` command line (every sub-command and its options)."""
     from .synth.dataset import PRESETS, VARIANT_FOLDERS
 
     parser = argparse.ArgumentParser(
@@ -324,24 +325,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bci-train``; returns the exit code."""
-    from .errors import BCIError
+    from .errors import run_command
 
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     commands = {"synth": _cmd_synth, "info": _cmd_info, "fit": _cmd_fit, "eval": _cmd_eval, "sweep": _cmd_sweep,
                 "pretrain": _cmd_pretrain, "retarget": _cmd_retarget}
-    try:
-        return commands[args.command](args)
-    except (BCIError, ValueError, TypeError, FileNotFoundError, PermissionError) as err:
-        print(f"bci-train {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"bci-train {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"bci-train {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(f"bci-train {args.command}", lambda: commands[args.command](args), verbose=args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

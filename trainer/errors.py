@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["BCIError", "DataFormatError", "ForbiddenPickleError", "MissingFileError", "UsageError", "UsageTypeError"]
+__all__ = ["BCIError", "DataFormatError", "ForbiddenPickleError", "MissingFileError", "UsageError", "UsageTypeError",
+           "run_command"]
 
 
 class BCIError(Exception):
@@ -56,3 +57,26 @@ class DataFormatError(BCIError, ValueError):
 
 class ForbiddenPickleError(DataFormatError):
     """A pickled file asked for an object the restricted loader does not admit."""
+
+
+def run_command(prog: str, command, *, verbose: bool = False, interrupted: int = 130) -> int:
+    """Run ``command()`` for a command line and return its exit code.
+
+    A :class:`BCIError` (the user's input at fault) or an ``OSError`` (the machine: a full
+    disk, a missing permission) prints ``PROG: error: MESSAGE`` on one line and gives
+    exit code 2, with the traceback under it when ``verbose``; Ctrl-C gives
+    ``interrupted``.  Anything else is a bug: its traceback is shown as Python shows it.
+    """
+    import sys
+    import traceback
+
+    try:
+        return command()
+    except (BCIError, OSError) as err:
+        if verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return interrupted

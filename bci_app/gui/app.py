@@ -88,9 +88,9 @@ def run_window(args) -> int:
     if window.summary and "samples_received" in window.summary:  # the session's summary, as --headless
         import json
 
-        from ..cli import _print_summary
+        from ..summary import format_summary
 
-        _print_summary(window.summary)
+        print(format_summary(window.summary), file=sys.stderr, flush=True)
         if args.summary:
             with open(args.summary, "w") as f:
                 json.dump(window.summary, f, indent=2)

@@ -23,13 +23,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["EventLog", "FiguresPanel", "ModelPanel", "StreamPanel", "fmt_pct"]
+from ..summary import fmt_pct
+
+__all__ = ["EventLog", "FiguresPanel", "ModelPanel", "StreamPanel"]
 
 AUTO_MARKERS = "(auto: STREAM-markers)"
-
-
-def fmt_pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
 
 
 def _ms(x) -> str:
