@@ -161,8 +161,7 @@ def _decode_headless(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     session = LiveSession(bundle, args.stream, markers=args.markers, device=args.device or "auto",
-                          top_k=args.top_k or 5,
-                          record=args.record, timeout=args.timeout, source_id=args.source_id)
+                          top_k=args.top_k or 5, record=args.record, timeout=args.timeout, source_id=args.source_id)
     session.start()
     stop = {"flag": False}
 
@@ -171,11 +170,11 @@ def _decode_headless(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     t0 = time.monotonic()
-    reason = "stopped"
+    reason, failure = "stopped", None
     try:
         while not stop["flag"]:
             for record in session.step():
-                sys.stdout.write(json.dumps(record) + "\n")
+                sys.stdout.write(json.dumps(record, allow_nan=False) + "\n")
                 sys.stdout.flush()
                 if args.max_epochs is not None and session.stats.epochs >= args.max_epochs:
                     stop["flag"], reason = True, f"{args.max_epochs} epochs decoded"
@@ -192,14 +191,19 @@ def _decode_headless(args: argparse.Namespace) -> int:
             time.sleep(0.001)
     except KeyboardInterrupt:
         reason = "interrupted"
+    except BCIError as err:  # the session cannot go on (e.g. the stream changed): summary first, then the error
+        reason, failure = f"error: {err}", err
     finally:
         signal.signal(signal.SIGTERM, previous)
         summary = session.close()
     summary["stopped_because"] = reason
     print(format_summary(summary), file=sys.stderr, flush=True)
     if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2)
+        from trainer._io import atomic_write_text
+
+        atomic_write_text(args.summary, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    if failure is not None:
+        raise failure
     return 0
 
 
@@ -328,12 +332,11 @@ def _exit_with_parent() -> None:
 
 
 def replay_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``bci-replay``; returns the exit code."""
-    from trainer.errors import BCIError
-
+    """Entry point of ``bci-replay``; returns the exit code: 0 when the session was played
+    to its end (or stopped by Ctrl-C / SIGTERM), 2 on an error, including one that stops
+    the player part way."""
     args = build_replay_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    player = None
 
     def on_term(signum, frame):  # SIGTERM stops like Ctrl-C
         raise KeyboardInterrupt
@@ -341,38 +344,32 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if args.exit_with_parent:
         _exit_with_parent()
+    return run_command("bci-replay", lambda: _replay(args), verbose=args.verbose, interrupted=0)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import SessionPlayer
+    from .sessions import read_session
+
+    session = read_session(args.path, xdf_stream=args.xdf_stream, xdf_markers=args.xdf_markers)
+    player = SessionPlayer(session, name=args.name, chunk_size=args.chunk_size, loop=args.loop,
+                           markers=args.markers, source_id=args.source_id)
+    markers = (f" and {player.marker_stream_name!r} ({args.markers}, {player.marker_count} markers)"
+               if player.marker_stream_name else "")
+    print(f"bci-replay: streaming {args.name!r} ({len(session.ch_names)} channels, {session.sfreq:g} Hz, "
+          f"{session.duration / 60:.1f} min{', looping' if args.loop else ''}){markers}; Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    player.start()
     try:
-        from pathlib import Path
-
-        from .replay import SessionPlayer
-        from .sessions import read_session
-
-        if Path(args.path).suffix.lower() == ".xdf" and (args.xdf_stream or args.xdf_markers):
-            from .xdf import read_xdf
-
-            session = read_xdf(args.path, stream=args.xdf_stream, markers=args.xdf_markers)
-        else:
-            session = read_session(args.path)
-        player = SessionPlayer(session, name=args.name, chunk_size=args.chunk_size, loop=args.loop,
-                               markers=args.markers, source_id=args.source_id)
-        n_markers = len(player._marker_samples)
-        print(f"bci-replay: streaming {args.name!r} ({len(session.ch_names)} channels, {session.sfreq:g} Hz, "
-              f"{session.duration / 60:.1f} min{', looping' if args.loop else ''})"
-              + (f" and {player.marker_stream_name!r} ({args.markers}, {n_markers} markers)" if player.marker_stream_name else "")
-              + "; Ctrl-C stops", file=sys.stderr, flush=True)
-        player.start()
         player.wait()
-        print(f"bci-replay: done ({player.markers_sent} markers sent)", file=sys.stderr)
-        return 0
     except KeyboardInterrupt:
         print("bci-replay: stopped", file=sys.stderr)
         return 0
-    except (BCIError, ValueError, TypeError, OSError) as err:
-        print(f"bci-replay: error: {err}", file=sys.stderr)
-        return 2
     finally:
-        if player is not None and player.running:
+        if player.running:
             player.stop()
+    print(f"bci-replay: done ({player.markers_sent} markers sent)", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

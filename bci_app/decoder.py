@@ -5,6 +5,7 @@ single-trial one.  Markers are mapped to stimulus ids here (:class:`StimulusMap`
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 
 from trainer.bundle import Bundle
+from trainer.errors import UsageError
+from trainer.model import normalised_embedding
 from trainer.vision import resolve_device
 
 from .sessions import CATCH_CODE
@@ -88,14 +91,18 @@ class Decoder:
     """
 
     def __init__(self, bundle: Bundle, *, device: str = "auto", top_k: int = 5):
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise UsageError(f"top_k must be an integer >= 1, got {top_k!r}")
+        temperature = float(bundle.temperature)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise UsageError(f"the bundle's temperature must be a positive number, got {temperature!r}")
         self.bundle = bundle
         self.device = resolve_device(device)
-        self.model = bundle.brain.to(self.device).eval()
+        # a copy of its own: the bundle's module stays where it is for other users
+        self.model = copy.deepcopy(bundle.brain).to(self.device).eval()
         self.gallery = torch.from_numpy(np.ascontiguousarray(bundle.gallery)).to(self.device)
         self.ids = torch.from_numpy(np.asarray(bundle.gallery_ids, dtype=np.int64))
-        self.temperature = float(bundle.temperature)
+        self.temperature = temperature
         self.top_k = min(top_k, len(bundle.gallery_ids))
         self._sums: dict[int, tuple[np.ndarray, int]] = {}
         self.warm_up()
@@ -108,11 +115,14 @@ class Decoder:
 
     def _scores(self, epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            z = self.model(torch.from_numpy(np.ascontiguousarray(epochs, dtype=np.float32)).to(self.device))
-            z = torch.nn.functional.normalize(z.float(), dim=1)
+            z = normalised_embedding(self.model, torch.from_numpy(np.ascontiguousarray(epochs, dtype=np.float32))
+                                     .to(self.device))
             probs = torch.softmax((z @ self.gallery.T) / self.temperature, dim=1)
             conf, idx = torch.topk(probs, self.top_k, dim=1)
-        return self.ids[idx.cpu()].numpy(), conf.cpu().numpy()
+        conf = conf.cpu().numpy()
+        if not np.isfinite(conf).all():  # finite epochs, finite weights: cannot happen, never emit it
+            raise RuntimeError("the decoder produced non-finite confidences")
+        return self.ids[idx.cpu()].numpy(), conf
 
     def reset_averages(self) -> None:
         self._sums.clear()
@@ -122,9 +132,9 @@ class Decoder:
         also update its running average and get the averaged prediction."""
         epochs = np.asarray(epochs, dtype=np.float32)
         if epochs.ndim != 3 or epochs.shape[1:] != (self.bundle.n_chans, self.bundle.n_times):
-            raise ValueError(f"epochs must be (n, {self.bundle.n_chans}, {self.bundle.n_times}), got {epochs.shape}")
+            raise UsageError(f"epochs must be (n, {self.bundle.n_chans}, {self.bundle.n_times}), got {epochs.shape}")
         if len(stimulus_ids) != len(epochs):
-            raise ValueError("one stimulus id (or None) per epoch")
+            raise UsageError("one stimulus id (or None) per epoch")
         averaged, rows = [], []
         for i, (e, sid) in enumerate(zip(epochs, stimulus_ids)):
             if sid is None:

@@ -8,10 +8,14 @@ the window is taken from the ring buffer, channels picked **by name**, and
 ``trainer.data.things_eeg2.epoch_session`` offline.  Epochs that become ready together are
 preprocessed as one batch.
 
-An epoch is rejected (and counted, with the reason) when no data comes for its marker,
-when the stream had a gap inside its window, when its samples are not finite, when its
-window began before the first sample received (a marker just after connecting), or when it
-fell out of the buffer.
+An epoch is rejected (and counted, with the reason) when no data comes for its marker
+(``no data``), when the stream had a gap inside its window (``gap``), when its samples are
+not finite (``non-finite``), when one of the model's channels is constant over the window
+(``flat``: a disconnected electrode, or an integer stream in volts that rounds every
+sample to 0), when its window began before the first sample received (``before start``, a
+marker just after connecting), when it fell out of the buffer (``overrun``), or when the
+app is too far behind to decide in time (``overload``: markers come faster than epochs
+can be decoded; the newest are kept, so decisions stay timely).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ __all__ = ["MarkerEvent", "ReadyEpoch", "OnlineEpocher", "REJECT_REASONS"]
 
 logger = logging.getLogger("bci_app")
 
-REJECT_REASONS = ("no data", "gap", "non-finite", "before start", "overrun")
+REJECT_REASONS = ("no data", "gap", "non-finite", "flat", "before start", "overrun", "overload")
 
 
 @dataclass
@@ -65,9 +69,18 @@ class OnlineEpocher:
         Connected; its channel names and rate decide the picks and the raw window.
     no_data_timeout : float
         Seconds to wait for the samples of a marker before rejecting it ("no data").
+    max_batch : int
+        Epochs preprocessed together at most per :meth:`poll` (bounds the work, and the
+        memory, of one step).
+    max_delay : float
+        Seconds an epoch may wait, once its samples are all there, before it is rejected
+        as ``overload`` instead of decoded late.
+    max_pending : int
+        Markers waiting for their samples at most; older ones beyond are ``overload``.
     """
 
-    def __init__(self, spec: PreprocessingSpec, source: EEGSource, *, no_data_timeout: float = 5.0):
+    def __init__(self, spec: PreprocessingSpec, source: EEGSource, *, no_data_timeout: float = 5.0,
+                 max_batch: int = 64, max_delay: float = 1.0, max_pending: int = 5000):
         try:
             self.spec = spec.resolve(source.ch_names, source=f"stream {source.name!r}")
             self.picks = np.asarray(select_channels(source.ch_names, self.spec.channels,
@@ -82,32 +95,58 @@ class OnlineEpocher:
             logger.warning("stream %r at %g Hz is slower than the bundle's %g Hz", source.name, self.sfreq, self.spec.sfreq)
         self.start, self.n_in = self.spec.window(self.sfreq)
         self.no_data_timeout = float(no_data_timeout)
+        need = self.n_in / self.sfreq + self.no_data_timeout + 1.0
+        if source.capacity and need * self.sfreq > source.capacity:
+            raise StreamError(f"the bundle's raw window ({self.n_in / self.sfreq:.2f} s, from "
+                              f"{self.start / self.sfreq:+.2f} s) plus the wait for late data "
+                              f"({self.no_data_timeout:g} s) does not fit the app's buffer of "
+                              f"{source.capacity / self.sfreq:g} s of stream {source.name!r}; every epoch would be lost")
+        self.max_batch, self.max_delay, self.max_pending = int(max_batch), float(max_delay), int(max_pending)
         self.pending: list[MarkerEvent] = []
         self.rejected: dict[str, int] = {r: 0 for r in REJECT_REASONS}
+        self._flat_warned: set[str] = set()
+        self._notes: list[str] = []
+
+    def take_notes(self) -> list[str]:
+        """Messages for the user since the last call (e.g. a flat channel)."""
+        notes, self._notes = self._notes, []
+        return notes
 
     @property
     def window_seconds(self) -> tuple[float, float]:
         """Raw window around the onset, in seconds (start, end)."""
         return self.start / self.sfreq, (self.start + self.n_in) / self.sfreq
 
-    @staticmethod
-    def _too_old(src: EEGSource) -> str:
-        """Why a window that begins before the buffer is missing: it began before the
-        first sample received ("before start", e.g. a marker just after connecting), or
-        it fell out of the buffer ("overrun")."""
-        return "before start" if src.oldest == 0 else "overrun"
-
     def add(self, marker: MarkerEvent) -> None:
         self.pending.append(marker)
 
+    def _unplaced(self, t: float) -> str:
+        """Why no sample lies at time ``t`` although the stream has passed it: it fell in
+        a gap, or before the buffer ("before start" before the first sample received, e.g.
+        a marker just after connecting, else "overrun")."""
+        src = self.source
+        oldest = src.oldest
+        try:
+            _, ts, _ = src.read(oldest, oldest + 1)
+        except IndexError:
+            return "no data"
+        if t < ts[0]:
+            return "before start" if oldest == 0 else "overrun"
+        return "gap"
+
     def poll(self, now: float) -> tuple[list[ReadyEpoch], list[tuple[MarkerEvent, str]]]:
-        """Epochs whose windows are complete, and markers rejected since the last call."""
+        """Epochs whose windows are complete (at most ``max_batch``; more wait for the next
+        call), and markers rejected since the last call."""
         src = self.source
         half = 0.5 / self.sfreq
         ready: list[tuple[MarkerEvent, int]] = []
         rejected: list[tuple[MarkerEvent, str]] = []
         keep: list[MarkerEvent] = []
-        latest = src.latest_time()
+        latest, available, oldest = src.latest_time(), src.available, src.oldest
+        if len(self.pending) > self.max_pending:
+            shed = len(self.pending) - self.max_pending
+            rejected += [(m, "overload") for m in self.pending[:shed]]
+            self.pending = self.pending[shed:]
         for m in self.pending:
             if m.onset is None:
                 if latest is None or latest < m.t - half:
@@ -121,21 +160,18 @@ class OnlineEpocher:
                 # in a regular stream a marker lies within half a sample of one; allow a
                 # whole sample for timestamp jitter; farther means it fell in a gap
                 if found is None or abs(found[1]) > 2.0 * half:
-                    # no sample at the marker's time: it fell in a gap, or before the buffer
-                    rejected.append((m, self._too_old(src) if found is not None and found[0] == src.oldest
-                                     and found[1] > 0 else "no data"))
+                    rejected.append((m, self._unplaced(m.t)))
                     continue
                 m.onset = found[0]
             first = m.onset + self.start
             last = first + self.n_in  # exclusive
-            if first < src.oldest:
-                rejected.append((m, self._too_old(src)))
-            elif src.n_total >= last:
-                if src.has_gap(first, last):
-                    rejected.append((m, "gap"))
-                else:
-                    ready.append((m, first))
-            elif now - m.received > self.no_data_timeout + self.n_in / self.sfreq:
+            if first < oldest:
+                rejected.append((m, "before start" if oldest == 0 else "overrun"))
+            elif src.has_gap(first, min(last, max(available, first))):
+                rejected.append((m, "gap"))  # no need to wait for the rest of the window
+            elif available >= last and len(ready) < self.max_batch:
+                ready.append((m, first))
+            elif available < last and now - m.received > self.no_data_timeout + self.n_in / self.sfreq:
                 rejected.append((m, "no data"))
             else:
                 keep.append(m)
@@ -149,9 +185,17 @@ class OnlineEpocher:
                 except IndexError:
                     rejected.append((m, "overrun"))
                     continue
+                if now - float(arrival[-1]) > self.max_delay:
+                    rejected.append((m, "overload"))
+                    continue
                 w = data[:, self.picks].T
                 if not np.isfinite(w).all():
                     rejected.append((m, "non-finite"))
+                    continue
+                flat = np.flatnonzero(w.max(axis=1) == w.min(axis=1))
+                if len(flat):
+                    self._warn_flat([self.spec.channels[i] for i in flat])
+                    rejected.append((m, "flat"))
                     continue
                 windows.append(w)
                 t_ready.append(float(arrival[-1]))
@@ -162,3 +206,11 @@ class OnlineEpocher:
         for _, reason in rejected:
             self.rejected[reason] += 1
         return out, rejected
+
+    def _warn_flat(self, names: list[str]) -> None:
+        new = [n for n in names if n not in self._flat_warned]
+        if new:
+            self._flat_warned.update(new)
+            self._notes.append(f"stream {self.source.name!r}: channel(s) {', '.join(new)} constant over an epoch's "
+                               "window; such epochs are rejected ('flat'). A disconnected electrode, or integer "
+                               "samples in volts (every sample rounds to 0: send float32, or microvolts)?")

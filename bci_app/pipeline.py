@@ -11,6 +11,7 @@ id; a stream that was torn down is looked up again by name).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ from trainer.bundle import Bundle
 
 from .decoder import Decoder, StimulusMap
 from .epochs import MarkerEvent, OnlineEpocher
-from .streams import ConnectCancelled, EEGSource, StreamError, list_streams, open_markers
+from .recording import RecorderFeed
+from .streams import ConnectCancelled, EEGSource, StreamChanged, StreamError, list_streams, open_markers
 
-__all__ = ["LiveSession", "SessionStats", "default_marker_stream"]
+__all__ = ["LiveSession", "SessionStats", "default_marker_stream", "json_marker", "marker_label"]
 
 logger = logging.getLogger("bci_app")
 
@@ -92,11 +94,15 @@ class LiveSession:
         Seconds a marker waits for its samples before it is rejected ("no data").
     timeout : float
         Seconds to wait for the streams when connecting.
+    buffer_seconds : float
+        Seconds of the stream kept in memory (the raw window of every epoch, and what the
+        recording may fall behind, must fit).
     """
 
     def __init__(self, bundle: Bundle, stream: str, *, markers: str | None = None, device: str = "auto",
                  top_k: int = 5, record: str | Path | None = None, stall_timeout: float = 2.0,
-                 timeout: float = 5.0, source_id: str | None = None, no_data_timeout: float = 5.0):
+                 timeout: float = 5.0, source_id: str | None = None, no_data_timeout: float = 5.0,
+                 buffer_seconds: float = 30.0):
         self.bundle = bundle
         self.stream_name = stream
         self.marker_name = markers
@@ -105,16 +111,15 @@ class LiveSession:
         self.timeout = float(timeout)
         self.decoder = Decoder(bundle, device=device, top_k=top_k)
         self.stimuli = StimulusMap(bundle)
-        self.source = EEGSource(stream, source_id=source_id)
+        self.source = EEGSource(stream, source_id=source_id, bufsize=buffer_seconds)
         self.record_dir = Path(record) if record is not None else None
         self.recorder = None
+        self.feed: RecorderFeed | None = None
         self.markers = None
         self.epocher: OnlineEpocher | None = None
         self.stats = SessionStats()
         self.status = "idle"
-        self._recorded = 0  # samples handed to the recorder
-        self._gaps_recorded = 0
-        self._rec_offset = 0  # recording sample = stream sample + offset
+        self.problems: list[str] = []  # what went wrong but did not stop decoding (in the summary)
         self._last_reconnect = 0.0
         self.events: list[str] = []  # status messages for the GUI / log
         self.last_epochs: list = []
@@ -125,10 +130,8 @@ class LiveSession:
         """Connect to the streams (waiting up to ``timeout`` for each).  ``cancel``: a
         callable; when it turns true while streams are looked for, :class:`ConnectCancelled`
         is raised within about half a second."""
-        from mne_lsl.lsl import local_clock
-
         self.source.connect(timeout=self.timeout, cancel=cancel)
-        self.epocher = OnlineEpocher(self.bundle.spec, self.source,  # checks channels and rate first
+        self.epocher = OnlineEpocher(self.bundle.spec, self.source,  # checks channels, rate and buffer first
                                      no_data_timeout=self.no_data_timeout)
         name = self.marker_name or default_marker_stream(self.stream_name, timeout=min(self.timeout, 2.0),
                                                          cancel=cancel)
@@ -137,7 +140,6 @@ class LiveSession:
         if self.record_dir is not None:
             self.start_recording(self.record_dir, from_start=True)
         self.status = "connected"
-        self._started = local_clock()
         logger.info("decoding stream %r with markers %r on %s; raw window %.3f..%.3f s around each marker",
                     self.stream_name, name, self.decoder.device, *self.epocher.window_seconds)
         return self
@@ -151,26 +153,50 @@ class LiveSession:
             raise RuntimeError(f"already recording into {self.recorder.folder}")
         if self.epocher is None:
             raise RuntimeError("start the session before recording")
-        self.recorder = SessionRecorder(folder, self.source.ch_names, self.source.sfreq, info={
+        recorder = SessionRecorder(folder, self.source.ch_names, self.source.sfreq, info={
             "stream": self.stream_name, "source_id": self.source.source_id, "markers": self.marker_name,
             "bundle": str(self.bundle.path), "device": str(self.decoder.device)})
+        self.recorder = recorder
         self.record_dir = Path(folder)
-        self._recorded = self.source.oldest if from_start else self.source.n_total
-        self._gaps_recorded = 0 if from_start else len(self.source.gaps)
-        self._rec_offset = -self._recorded
+        self.feed = RecorderFeed(self.source, recorder, self.source.oldest if from_start else self.source.n_total)
 
     def stop_recording(self) -> Path | None:
-        """Finish the recording (the journal becomes ``recording-raw.fif``); returns that file."""
-        rec = self.recorder
+        """Finish the recording (the journal becomes ``recording-raw.fif``); returns that
+        file (None when nothing was recorded, or the recording failed: see ``problems``)."""
+        if self.recorder is None:
+            return None
+        self._record(self.feed.feed)
+        return self._finish_recording(self.summary())
+
+    def _finish_recording(self, summary: dict) -> Path | None:
+        rec, self.recorder = self.recorder, None
         if rec is None:
             return None
         try:
-            self._feed_recorder()
-        except Exception as err:  # the journal on disk is what matters
-            logger.error("recording: %s", err)
-        finally:
+            return rec.close(summary)
+        except OSError as err:
+            rec.abort()
+            self.note(f"recording: could not finish {rec.folder} ({err}); its journal holds what was recorded: "
+                      f"'bci-app recover {rec.folder}' makes recording-raw.fif from it")
+            self.problems.append(f"recording not finished: {err}")
+            return None
+
+    def _record(self, fn, *args) -> None:
+        """Call a recorder method; a write that fails (a full disk) stops the recording,
+        not the session."""
+        rec = self.recorder
+        if rec is None:
+            return
+        try:
+            fn(*args)
+        except OSError as err:
+            rec.abort()
             self.recorder = None
-        return rec.close(self.summary())
+            message = (f"recording stopped: {err}; decoding goes on. {rec.folder} keeps what reached the disk "
+                       f"({rec.n_written} samples); 'bci-app recover {rec.folder}' makes recording-raw.fif from it "
+                       "once there is room")
+            self.note(message, logging.ERROR)
+            self.problems.append(f"recording stopped after {rec.n_written} samples: {err}")
 
     def close(self) -> dict:
         """Stop, finish the recording, return the summary."""
@@ -180,70 +206,79 @@ class LiveSession:
         self.source.disconnect()
         self.status = "closed"
         if self.recorder is not None:
-            try:
-                self._feed_recorder()
-            except Exception as err:  # keep going: the journal on disk is what matters
-                logger.error("recording: %s", err)
+            self._record(self.feed.feed)
         summary = self.summary()
         if self.recorder is not None:
-            path = self.recorder.close(summary)
+            path = self._finish_recording(summary)
             if path is not None:
                 summary["recording"] = str(path)
+            summary["problems"] = list(self.problems)
         return summary
 
     # -- one step ---------------------------------------------------------------------
-    def _note(self, text: str, level: int = logging.WARNING) -> None:
+    def note(self, text: str, level: int = logging.WARNING) -> None:
+        """Log ``text`` and keep it for the window's event log."""
         logger.log(level, text)
         self.events.append(text)
 
     def _check_stream(self, now: float) -> None:
         src = self.source
+        src.raise_if_changed()  # a check found the stream back with other channels or rate
+        src.check_identity()  # after a gap (no-op otherwise)
         if src.connected and src.last_arrival is not None:
             silent = now - src.last_arrival
             if self.status != "stalled" and silent > self.stall_timeout:
                 self.status = "stalled"
                 self.stats.stalls += 1
-                self._note(f"stream {self.stream_name!r}: no data for {silent:.1f} s; waiting for it to come back "
-                           f"(recorded so far is kept)")
+                self.note(f"stream {self.stream_name!r}: no data for {silent:.1f} s; waiting for it to come back "
+                          f"(recorded so far is kept)")
             elif self.status == "stalled" and silent < self.stall_timeout:
                 self.status = "connected"
-                self._note(f"stream {self.stream_name!r}: data again", logging.INFO)
+                self.note(f"stream {self.stream_name!r}: data again", logging.INFO)
+            if self.status == "stalled":
+                src.check_identity(stalled=True)  # a restart with other channels never reconnects by itself
         if not src.connected and now - self._last_reconnect > 1.0:
             self._last_reconnect = now
             if self.status != "lost":
                 self.status = "lost"
-                self._note(f"stream {self.stream_name!r} is gone; looking for it again")
+                self.note(f"stream {self.stream_name!r} is gone; looking for it again")
             try:
                 src.connect(timeout=0.2)
                 self.status = "connected"
-                self._note(f"stream {self.stream_name!r} is back", logging.INFO)
+                self.note(f"stream {self.stream_name!r} is back", logging.INFO)
+            except StreamChanged:
+                raise
             except StreamError:
                 pass
             except Exception as err:  # liblsl/mne-lsl errors while the network is in flux: try again later
                 logger.debug("reconnect failed: %s", err)
 
-    def _feed_recorder(self) -> None:
-        rec, src = self.recorder, self.source
-        if rec is None or src.n_total == self._recorded:
-            return
-        start = max(self._recorded, src.oldest)
-        if start > self._recorded:
-            self._note(f"recording: {start - self._recorded} samples fell out of the buffer before they were written")
-            rec.add_gap(rec.n_samples)
-        for g in src.gaps[self._gaps_recorded:]:
-            if g >= start:
-                rec.add_gap(rec.n_samples + (g - start))
-        self._gaps_recorded = len(src.gaps)
-        data, ts, _ = src.read(start, src.n_total)
-        self._rec_offset = rec.n_samples - start
-        self._recorded = src.n_total
-        rec.add_samples(data, ts)
-
-    def _recording_sample(self, onset: int | None) -> int | None:
-        """Recording sample index of a stream sample (None when it is not recorded)."""
-        if onset is None or onset >= self._recorded or onset + self._rec_offset < 0:
-            return None
-        return onset + self._rec_offset
+    def _take_markers(self, now: float) -> list[MarkerEvent]:
+        try:
+            incoming = self.markers.poll() if self.markers is not None else []
+        except Exception as err:  # a marker stream that broke: say so, keep decoding what is pending
+            if self.status != "markers lost":
+                self.note(f"marker stream {self.marker_name!r}: {type(err).__name__}: {err}")
+            self.status = "markers lost"
+            incoming = []
+        received = []
+        for t, value in incoming:
+            sid = self.stimuli(value)
+            self.stats.markers += 1
+            label = marker_label(value)
+            if sid is None:
+                if self.stimuli.is_catch(value):
+                    self.stats.catch_markers += 1
+                else:
+                    self.stats.unknown_markers += 1
+                    if label not in self.stats.unknown_values and len(self.stats.unknown_values) < 20:
+                        logger.warning("marker %r is not a stimulus of this bundle's gallery (decoded, no stimulus id)",
+                                       label)
+                    self.stats.unknown_values[label] = self.stats.unknown_values.get(label, 0) + 1
+            event = MarkerEvent(t=t, value=value, stimulus_id=sid, label=label, received=now)
+            self.epocher.add(event)
+            received.append(event)
+        return received
 
     def step(self) -> list[dict[str, Any]]:
         """Take new markers and samples; return the epochs decoded now."""
@@ -251,36 +286,15 @@ class LiveSession:
 
         now = local_clock()
         self._check_stream(now)
-        try:
-            incoming = self.markers.poll() if self.markers is not None else []
-        except Exception as err:  # a marker stream that broke: say so, keep decoding what is pending
-            if self.status != "markers lost":
-                self._note(f"marker stream {self.marker_name!r}: {type(err).__name__}: {err}")
-            self.status = "markers lost"
-            incoming = []
-        received = []
-        for t, value in incoming:
-            sid = self.stimuli(value)
-            self.stats.markers += 1
-            label = str(value)
-            if sid is None:
-                if self.stimuli.is_catch(value):
-                    self.stats.catch_markers += 1
-                else:
-                    self.stats.unknown_markers += 1
-                    if label not in self.stats.unknown_values and len(self.stats.unknown_values) < 20:
-                        logger.warning("marker %r is not a stimulus of this bundle's gallery (decoded, no stimulus id)", label)
-                    self.stats.unknown_values[label] = self.stats.unknown_values.get(label, 0) + 1
-            event = MarkerEvent(t=t, value=value, stimulus_id=sid, label=label, received=now)
-            self.epocher.add(event)
-            received.append(event)
-        self.last_markers = received
+        self.last_markers = self._take_markers(now)
         ready, rejected = self.epocher.poll(now)
+        for text in self.epocher.take_notes():
+            self.note(text)
         self.last_epochs = ready  # the preprocessed epochs behind this step's results
         if self.recorder is not None:
-            self._feed_recorder()
+            self._record(self.feed.feed)
             for m, _ in rejected:
-                self.recorder.add_marker(m.t, m.label, self._recording_sample(m.onset))
+                self._record(self.recorder.add_marker, m.t, m.label, self.feed.recording_sample(m.onset))
         for m, reason in rejected:
             logger.info("epoch at marker %s (t=%.3f) rejected: %s", m.label, m.t, reason)
         if not ready:
@@ -293,7 +307,7 @@ class LiveSession:
             self.stats.epochs += 1
             rec = {
                 "epoch": self.stats.epochs,
-                "marker": m.value if isinstance(m.value, (int, str)) else float(m.value),
+                "marker": json_marker(m.value),
                 "stimulus_id": m.stimulus_id,
                 "topk": p.topk,
                 "confidence": [round(c, 6) for c in p.confidence],
@@ -311,8 +325,8 @@ class LiveSession:
             self.stats.decision_latency.append(t_decided - r.t_ready)
             self.stats.marker_latency.append(t_decided - m.t)
             if self.recorder is not None:
-                self.recorder.add_marker(m.t, m.label, self._recording_sample(m.onset))
-                self.recorder.add_prediction(rec)
+                self._record(self.recorder.add_marker, m.t, m.label, self.feed.recording_sample(m.onset))
+                self._record(self.recorder.add_prediction, rec)
             out.append(rec)
         return out
 
@@ -343,4 +357,28 @@ class LiveSession:
                          "top5": float(np.mean([sid in t[:5] for sid, t in avg])) if avg else None},
             "decision_latency": _percentiles(s.decision_latency),
             "marker_to_decision_latency": _percentiles(s.marker_latency),
+            "problems": list(self.problems),
         }
+
+
+def marker_label(value: Any) -> str:
+    """The text a marker value is logged and recorded under."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def json_marker(value: Any) -> int | float | str:
+    """A marker value as it goes into a JSON line: numbers stay numbers (integral floats
+    as ints), strings stay strings, and what strict JSON has no number for (NaN, Inf)
+    becomes its text."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            return str(value)
+        return int(value) if value.is_integer() else value
+    return str(value)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -31,9 +32,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from trainer._io import atomic_write_text
 from trainer.errors import DataFormatError
 
-__all__ = ["SessionRecorder", "finalize_recording", "recording_file", "FIF_NAME", "JOURNAL_NAME"]
+__all__ = ["FIF_NAME", "JOURNAL_NAME", "RecorderFeed", "SessionRecorder", "finalize_recording", "recording_file"]
 
 logger = logging.getLogger("bci_app")
 
@@ -106,7 +108,7 @@ class SessionRecorder:
         self._predictions = open(self.folder / "predictions.jsonl", "a", encoding="utf-8")
         meta = {"ch_names": self.ch_names, "sfreq": self.sfreq, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         meta.update(info or {})
-        (self.folder / "session.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(self.folder / "session.json", json.dumps(meta, indent=2) + "\n")
 
     def _write_header(self) -> None:
         base = JOURNAL_NAME
@@ -153,7 +155,7 @@ class SessionRecorder:
         (None when no data came for it: then it is only in ``markers.jsonl``)."""
         if self.closed:
             return
-        self._marker_log.write(json.dumps({"t": timestamp, "label": label, "sample": sample}) + "\n")
+        self._marker_log.write(json.dumps({"t": timestamp, "label": label, "sample": sample}, allow_nan=False) + "\n")
         if sample is not None:
             self._markers.append((int(sample), str(label)))
 
@@ -164,7 +166,7 @@ class SessionRecorder:
 
     def add_prediction(self, record: dict[str, Any]) -> None:
         if not self.closed:
-            self._predictions.write(json.dumps(record) + "\n")
+            self._predictions.write(json.dumps(record, allow_nan=False) + "\n")
 
     # -- output -----------------------------------------------------------------------
     def flush(self) -> None:
@@ -190,6 +192,19 @@ class SessionRecorder:
             os.fsync(f.fileno())
         self._last_flush = time.monotonic()
 
+    def abort(self) -> None:
+        """Stop writing after a write failed (a full disk): close the files, dropping
+        what was not flushed; the journal on disk stays readable (``bci-app recover``)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._pending.clear()
+        for f in (self._eeg, self._times, self._vmrk, self._marker_log, self._predictions):
+            try:
+                f.close()
+            except OSError:  # the buffered rest cannot be written either
+                pass
+
     def close(self, summary: dict | None = None) -> Path | None:
         """Flush, close the journal and write ``recording-raw.fif`` (and ``summary.json``).
         Returns the .fif path (None when no sample was recorded)."""
@@ -200,19 +215,78 @@ class SessionRecorder:
         for f in (self._eeg, self._times, self._vmrk, self._marker_log, self._predictions):
             f.close()
         if summary is not None:
-            (self.folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.folder / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
         if self.n_written == 0:
             logger.warning("recording %s: no sample was received", self.folder)
             return None
         return finalize_recording(self.folder)
 
 
+class RecorderFeed:
+    """Hands a :class:`SessionRecorder` every sample an :class:`~bci_app.streams.EEGSource`
+    received from stream sample ``start`` on, exactly once, with its gaps (``BAD_gap``),
+    and maps stream samples to recording samples.
+
+    Each :meth:`feed` takes what is available in one locked read of the source, so a
+    chunk that arrives meanwhile is left for the next call, never counted as written
+    without being written.  Samples that left the ring buffer before they were written
+    (the app fell more than the buffer behind) become a gap in the recording.
+    """
+
+    def __init__(self, source, recorder: SessionRecorder, start: int):
+        self.source, self.recorder = source, recorder
+        self.next = int(start)  # the next stream sample to write
+        self._offset = recorder.n_samples - self.next  # recording sample = stream sample + offset ...
+        self._valid_from = self.next  # ... for stream samples from here on
+        self.skipped = 0  # samples that left the buffer unwritten
+
+    def feed(self) -> int:
+        """Write what arrived since the last call; returns the number of samples written.
+        Raises OSError when the recorder cannot write (a full disk)."""
+        rec = self.recorder
+        first, data, ts, gaps = self.source.read_new(self.next)
+        if first > self.next:
+            self.skipped += first - self.next
+            logger.warning("recording %s: %d samples left the buffer before they were written (a gap in the "
+                           "recording)", rec.folder, first - self.next)
+            rec.add_gap(rec.n_samples)
+            self._valid_from = first
+        if not len(data):
+            self.next = first
+            return 0
+        self._offset = rec.n_samples - first
+        for g in gaps:
+            rec.add_gap(g + self._offset)
+        rec.add_samples(data, ts)
+        self.next = first + len(data)
+        return len(data)
+
+    def recording_sample(self, sample: int | None) -> int | None:
+        """Recording sample of stream sample ``sample``, or None when it is not (yet) in
+        the recording."""
+        if sample is None or not self._valid_from <= sample < self.next:
+            return None
+        return sample + self._offset
+
+
 def _read_vmrk(path: Path) -> list[tuple[int, str]]:
+    """(sample, label) of the journal's markers.  A last line cut short (a crash while it
+    was written) is dropped; an invalid byte anywhere else is an error naming the line."""
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("Mk") or "=" not in line:
+    for number, line in enumerate(lines, 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if number == len(lines):  # no newline after it: written when the app stopped
+                logger.warning("%s: its last line is incomplete (the app stopped while writing it); dropped", path)
+                break
+            raise DataFormatError(path, f"line {number}", f"is not valid UTF-8 (byte {err.start + 1}: "
+                                  f"{line[err.start:err.start + 1]!r})") from None
+        if not text.startswith("Mk") or "=" not in text:
             continue
-        fields = line.split("=", 1)[1].split(",")
+        fields = text.split("=", 1)[1].rstrip("\r").split(",")
         if len(fields) < 3 or fields[0] == "New Segment":
             continue
         label = _unescape(fields[1])
@@ -223,22 +297,55 @@ def _read_vmrk(path: Path) -> list[tuple[int, str]]:
     return out
 
 
+def _journal_layout(folder: Path) -> tuple[list[str], float]:
+    """Channel names and rate of a journal, from its ``.vhdr`` header (which describes the
+    ``.eeg`` file), checked against ``session.json``."""
+    vhdr, meta_path = folder / f"{JOURNAL_NAME}.vhdr", folder / "session.json"
+    if not vhdr.is_file() or not meta_path.is_file():
+        raise DataFormatError(folder, "recording", f"no {JOURNAL_NAME}.vhdr journal with its session.json")
+    try:
+        header = vhdr.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(vhdr, None, f"is not valid UTF-8 ({err})") from None
+    fields = dict(line.split("=", 1) for line in header.splitlines() if "=" in line and not line.startswith(";"))
+    try:
+        n_channels = int(fields["NumberOfChannels"])
+        sfreq = 1e6 / float(fields["SamplingInterval"])
+        names = [_unescape(fields[f"Ch{i + 1}"].split(",")[0]) for i in range(n_channels)]
+    except (KeyError, ValueError, ZeroDivisionError) as err:
+        raise DataFormatError(vhdr, None, f"not a journal header bci-app wrote ({type(err).__name__}: {err})") from None
+    if n_channels < 1 or not math.isfinite(sfreq) or sfreq <= 0:
+        raise DataFormatError(vhdr, "NumberOfChannels", f"{n_channels} channels at {sfreq} Hz")
+    if fields.get("BinaryFormat") != "IEEE_FLOAT_32" or fields.get("DataOrientation") != "MULTIPLEXED":
+        raise DataFormatError(vhdr, "BinaryFormat", "the journal is float32, multiplexed")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta_names, meta_sfreq = list(meta["ch_names"]), float(meta["sfreq"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DataFormatError(meta_path, "ch_names", f"unreadable ({type(err).__name__}: {err})") from None
+    if meta_names != names or abs(meta_sfreq - sfreq) > 1e-6 * sfreq:
+        raise DataFormatError(meta_path, "ch_names", f"disagrees with {vhdr.name}, which describes the samples: "
+                              f"{len(meta_names)} channels at {meta_sfreq:g} Hz here, {len(names)} at {sfreq:g} Hz "
+                              "there; was one of them edited?")
+    return names, sfreq
+
+
 def finalize_recording(folder: str | Path) -> Path:
     """Make ``recording-raw.fif`` from the journal in ``folder`` (also after a crash:
     samples and markers up to the last flush are kept).  Returns its path."""
     import mne
 
     folder = Path(folder).expanduser()
-    vhdr = folder / f"{JOURNAL_NAME}.vhdr"
-    meta_path = folder / "session.json"
-    if not vhdr.is_file() or not meta_path.is_file():
-        raise DataFormatError(folder, "recording", f"no {JOURNAL_NAME}.vhdr journal with its session.json")
-    meta = json.loads(meta_path.read_text())
-    ch_names, sfreq = list(meta["ch_names"]), float(meta["sfreq"])
-    raw_bytes = np.fromfile(folder / f"{JOURNAL_NAME}.eeg", dtype="<f4")
+    if not folder.is_dir():
+        raise DataFormatError(folder, None, "recording folder not found")
+    ch_names, sfreq = _journal_layout(folder)
+    eeg = folder / f"{JOURNAL_NAME}.eeg"
+    if not eeg.is_file():
+        raise DataFormatError(eeg, None, "missing")
+    raw_bytes = np.fromfile(eeg, dtype="<f4")
     n = len(raw_bytes) // len(ch_names)  # a partial last sample (crash mid-write) is dropped
     if n == 0:
-        raise DataFormatError(folder / f"{JOURNAL_NAME}.eeg", "samples", "the journal holds no complete sample")
+        raise DataFormatError(eeg, "samples", "the journal holds no complete sample")
     data = raw_bytes[: n * len(ch_names)].reshape(n, len(ch_names)).T.astype(np.float64) * _UV
     info = mne.create_info(ch_names, sfreq, ch_types="eeg")
     raw = mne.io.RawArray(data, info, verbose="error")
@@ -246,6 +353,6 @@ def finalize_recording(folder: str | Path) -> Path:
     if markers:
         onsets = np.array([s for s, _ in markers]) / sfreq
         raw.set_annotations(mne.Annotations(onsets, np.zeros(len(onsets)), [d for _, d in markers]))
-    out = folder / FIF_NAME
+    out = folder / FIF_NAME  # written in place: the journal stays the truth, recover redoes it
     raw.save(out, fmt="single", overwrite=True, verbose="error")
     return out

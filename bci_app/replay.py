@@ -23,13 +23,19 @@ import numpy as np
 from mne_lsl.lsl import StreamInfo, StreamOutlet
 from mne_lsl.player import PlayerLSL
 
-from .sessions import ReplaySession
+from trainer.errors import BCIError, UsageError
 
-__all__ = ["SessionPlayer", "MARKER_STREAM_SUFFIX"]
+from .replay_session import ReplaySession
+
+__all__ = ["MARKER_STREAM_SUFFIX", "ReplayError", "SessionPlayer"]
 
 logger = logging.getLogger("bci_app")
 
 MARKER_STREAM_SUFFIX = "-markers"
+
+
+class ReplayError(BCIError, RuntimeError):
+    """The replay stopped before the end of the session."""
 
 
 class SessionPlayer(PlayerLSL):
@@ -53,11 +59,11 @@ class SessionPlayer(PlayerLSL):
     def __init__(self, session: ReplaySession, *, name: str = "bci-replay", chunk_size: int = 10, loop: bool = False,
                  markers: Literal["numeric", "string", "none"] = "numeric", source_id: str | None = None):
         if markers not in ("numeric", "string", "none"):
-            raise ValueError(f"markers must be 'numeric', 'string' or 'none', got {markers!r}")
+            raise UsageError(f"markers must be 'numeric', 'string' or 'none', got {markers!r}")
         if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+            raise UsageError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
         if session.raw.n_times <= chunk_size:
-            raise ValueError(f"{session.source}: only {session.raw.n_times} samples, fewer than one chunk")
+            raise UsageError(f"{session.source}: only {session.raw.n_times} samples, fewer than one chunk")
         source_id = source_id or f"bci-replay-{uuid.uuid4().hex[:12]}"
         super().__init__(session.raw, chunk_size=chunk_size, n_repeat=np.inf if loop else 1, name=name,
                          source_id=source_id, annotations=False)
@@ -77,6 +83,15 @@ class SessionPlayer(PlayerLSL):
             self._marker_info.set_channel_names(["marker"])
         self._marker_outlet: StreamOutlet | None = None
         self.markers_sent = 0
+        self.error: BaseException | None = None  # what stopped the player early
+        self.completed = False  # the last chunk was pushed
+        self.pushed = 0  # samples pushed (in this pass through the file)
+        self._stop_requested = False
+
+    @property
+    def marker_count(self) -> int:
+        """Markers sent per pass through the session."""
+        return len(self._marker_samples)
 
     @property
     def marker_stream_name(self) -> str | None:
@@ -85,8 +100,13 @@ class SessionPlayer(PlayerLSL):
     def start(self) -> "SessionPlayer":
         if self._marker_info is not None:
             self._marker_outlet = StreamOutlet(self._marker_info, 1)
-        self.markers_sent = 0
+        self.markers_sent, self.error, self.completed, self.pushed = 0, None, False, 0
+        self._stop_requested = False
         return super().start()
+
+    def stop(self) -> "SessionPlayer":
+        self._stop_requested = True
+        return super().stop()
 
     def _del_outlets(self) -> None:
         super()._del_outlets()
@@ -98,8 +118,19 @@ class SessionPlayer(PlayerLSL):
                 pass
 
     # called by PlayerLSL._stream after each chunk is pushed, with the chunk's sample
-    # range and the timestamp of the sample before it
+    # range and the timestamp of the sample before it; an exception here stops the player
+    # (PlayerLSL logs it), so it is kept for wait() to report
     def _stream_annotations(self, start: int, stop: int, start_timestamp: float) -> None:
+        try:
+            self._push_markers(start, stop, start_timestamp)
+        except BaseException as err:
+            self.error = err
+            raise
+        self.pushed = stop
+        if self._end_streaming:
+            self.completed = True
+
+    def _push_markers(self, start: int, stop: int, start_timestamp: float) -> None:
         outlet = self._marker_outlet
         if outlet is None or not len(self._marker_samples):
             return
@@ -120,10 +151,16 @@ class SessionPlayer(PlayerLSL):
                 # sample k of the chunk carries start_timestamp + (k + 1) / sfreq on the EEG outlet
                 outlet.push_sample(sample, timestamp=start_timestamp + (off + 1) / sfreq)
                 self.markers_sent += 1
-            except Exception as err:  # a marker problem must not stop the EEG stream
-                logger.error("%s: marker %r not sent (%s)", self.marker_stream_name, value, err)
+            except Exception as err:  # the markers are half of the session: stop, and say so
+                raise ReplayError(f"{self.marker_stream_name}: marker {value!r} not sent ({err})") from err
 
     def wait(self, poll: float = 0.05) -> None:
-        """Block until the player has streamed everything (never with ``loop``)."""
+        """Block until the player has streamed everything (never with ``loop``).  Raises
+        :class:`ReplayError` when it stopped early (an error while streaming) rather than
+        at the end or on :meth:`stop`."""
         while self.running:
             time.sleep(poll)
+        if not self.completed and not self._stop_requested:
+            why = f"{type(self.error).__name__}: {self.error}" if self.error is not None else "see the log above"
+            raise ReplayError(f"{self.session.source}: the replay stopped at sample {self.pushed} of "
+                              f"{self._raw.n_times} ({why})")

@@ -17,77 +17,17 @@ A marker has the sample it belongs to, an integer code when it has one and a tex
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from trainer.data.things_eeg2 import CATCH_CODE
-from trainer.errors import DataFormatError
+from trainer.errors import DataFormatError, UsageError
+
+from .replay_session import Marker, ReplaySession, marker_code
 
 __all__ = ["CATCH_CODE", "Marker", "ReplaySession", "read_session", "read_things_raw", "read_mne_file",
            "marker_code"]
 
 logger = logging.getLogger("bci_app")
-
-_PREFIXED_NUMBER = re.compile(r"^(?:[A-Za-z ]+/)?\s*[A-Za-z]?\s*(-?\d+)$")
-
-
-def marker_code(label: str) -> int | None:
-    """The integer a marker label stands for: ``"17"``, ``"Stimulus/S 17"`` (BrainVision)
-    or ``"stim/17"`` give 17; anything else gives None."""
-    m = _PREFIXED_NUMBER.match(label.strip())
-    return int(m.group(1)) if m else None
-
-
-@dataclass(frozen=True)
-class Marker:
-    """One stimulus marker: the sample it belongs to (0 = first sample of the
-    recording), its integer code (None when it has none) and its label."""
-
-    sample: int
-    code: int | None
-    label: str
-
-
-@dataclass
-class ReplaySession:
-    """A recording ready to stream.
-
-    Attributes
-    ----------
-    raw : mne.io.BaseRaw
-        The channels to stream (data channels only; stim channels are removed), loaded.
-    markers : list of Marker
-        In sample order.
-    source : str
-        Where it came from (for messages).
-    """
-
-    raw: Any
-    markers: list[Marker] = field(default_factory=list)
-    source: str = ""
-
-    @property
-    def sfreq(self) -> float:
-        return float(self.raw.info["sfreq"])
-
-    @property
-    def ch_names(self) -> list[str]:
-        return list(self.raw.ch_names)
-
-    @property
-    def duration(self) -> float:
-        return self.raw.n_times / self.sfreq
-
-    def numeric_markers(self) -> list[Marker]:
-        """The markers that have an integer code; the others are reported once."""
-        bad = sorted({m.label for m in self.markers if m.code is None})
-        if bad:
-            logger.warning("%s: %d marker label(s) are not numbers and are not sent as numeric markers: %s",
-                           self.source, len(bad), ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
-        return [m for m in self.markers if m.code is not None]
-
 
 def _image_labels(path: Path, partition: str) -> dict[int, str] | None:
     """code -> "concept/file" of the THINGS image set next to a raw session file, when
@@ -153,9 +93,10 @@ def read_mne_file(path: str | Path) -> ReplaySession:
     return ReplaySession(raw=raw, markers=markers, source=str(path))
 
 
-def read_session(path: str | Path) -> ReplaySession:
-    """Read whatever ``bci-replay`` is given: a THINGS raw ``.npy``, an ``.xdf`` or a file
-    (or a ``bci-app --record`` folder) MNE reads."""
+def read_session(path: str | Path, *, xdf_stream: str | None = None, xdf_markers: str | None = None) -> ReplaySession:
+    """Read whatever ``bci-replay`` is given: a THINGS raw ``.npy``, an ``.xdf`` (with
+    ``xdf_stream`` / ``xdf_markers`` picking its streams by name) or a file (or a
+    ``bci-app --record`` folder) MNE reads."""
     path = Path(path).expanduser()
     if path.is_dir():
         from .recording import recording_file
@@ -164,10 +105,12 @@ def read_session(path: str | Path) -> ReplaySession:
     if not path.exists():
         raise DataFormatError(path, "file", "does not exist")
     suffix = path.suffix.lower()
+    if (xdf_stream or xdf_markers) and suffix != ".xdf":
+        raise UsageError(f"--xdf-stream and --xdf-markers are for .xdf files; {path} is not one")
     if suffix == ".npy":
         return read_things_raw(path)
     if suffix == ".xdf":
         from .xdf import read_xdf
 
-        return read_xdf(path)
+        return read_xdf(path, stream=xdf_stream, markers=xdf_markers)
     return read_mne_file(path)

@@ -1,18 +1,25 @@
 """LSL streams: discovery, the EEG subscription and the marker subscriptions.
 
-- :func:`list_streams` / :func:`resolve_one`: what is on the network.
+- :func:`list_streams` / :func:`resolve_one`: what is on the network (a name two streams
+  share is an error listing them).
 - :class:`EEGSource`: an mne-lsl :class:`~mne_lsl.stream.StreamLSL` whose acquisition
   callback copies every chunk, exactly once, into a ring buffer that counts samples from
-  the connection on (``n_total``), with each sample's LSL timestamp (clock-corrected and
-  dejittered) and the local time it arrived.  Gaps (samples lost, or the stream stopped
-  and came back) are detected from the timestamps.
-- :class:`NumericMarkers` (an mne-lsl event stream: ``StreamLSL`` on an irregular numeric
-  stream) and :class:`StringMarkers` (a plain ``StreamInlet`` with clock correction, as
-  mne-lsl refuses string streams) deliver ``(lsl_time, value)`` pairs.
+  the connection on (``n_total``), with each sample's time and the local time it
+  arrived.  Sample times come from the raw, clock-corrected stamps through a
+  :class:`~bci_app.timeline.Timeline` (not liblsl's dejitter, which smears jumps into
+  minutes of wrong stamps), which finds the *gaps*: samples lost, a restart, a clock
+  jump.  After a gap or a stall the stream's identity is checked again (a restarted
+  outlet with the same source id reconnects by itself, possibly with other channels);
+  until then the samples after the gap are held back (``available``).
+- :class:`NumericMarkers` (an mne-lsl event stream: single-channel codes, or mne-lsl's
+  one-hot annotation streams with one channel per description) and
+  :class:`StringMarkers` (a plain ``StreamInlet`` with clock correction, as mne-lsl
+  refuses string streams) deliver ``(lsl_time, value)`` pairs.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -24,14 +31,23 @@ import numpy as np
 
 from trainer.errors import BCIError
 
-__all__ = ["ConnectCancelled", "StreamSummary", "list_streams", "resolve_one", "EEGSource", "NumericMarkers", "StringMarkers",
-           "open_markers", "StreamError"]
+from .timeline import Timeline, ring_positions
+
+__all__ = ["ConnectCancelled", "EEGSource", "NumericMarkers", "StreamChanged", "StreamError", "StreamSummary",
+           "StringMarkers", "list_streams", "marker_rows", "open_markers", "resolve_one"]
 
 logger = logging.getLogger("bci_app")
+
+#: how long resolve_one keeps listening for a second stream of the same name
+AMBIGUITY_WAIT = 0.5
 
 
 class StreamError(BCIError, RuntimeError):
     """A stream that is not there, is ambiguous, does not fit, or changed under us."""
+
+
+class StreamChanged(StreamError):
+    """The stream came back with other channels, another channel order or another rate."""
 
 
 class ConnectCancelled(StreamError):
@@ -71,27 +87,43 @@ def list_streams(timeout: float = 1.0) -> list[StreamSummary]:
     return sorted((_summary(s) for s in resolve_streams(timeout=timeout)), key=lambda s: (s.name, s.source_id))
 
 
+def _unique(streams: list) -> list:
+    """Streams without repeats (the same outlet answers every query), in order."""
+    seen, out = set(), []
+    for s in streams:
+        if s.uid not in seen:
+            seen.add(s.uid)
+            out.append(s)
+    return out
+
+
 def resolve_one(name: str, *, timeout: float = 5.0, source_id: str | None = None, markers: bool | None = None,
                 cancel: Callable[[], bool] | None = None):
     """The one stream called ``name`` (an ``mne_lsl.lsl.StreamInfo``).
 
     With ``cancel``, the network is asked in short slices and :class:`ConnectCancelled` is
-    raised as soon as ``cancel()`` is true (a window closing during a connect).
+    raised as soon as ``cancel()`` is true (a window closing during a connect).  Once a
+    stream is found, the network is asked once more (:data:`AMBIGUITY_WAIT` s) for
+    another of the same name, since liblsl stops looking at the first answer.
     Raises :class:`StreamError` naming what is available when there is none, or when the
     name is ambiguous (then give ``source_id``)."""
     from mne_lsl.lsl import resolve_streams
 
+    def fits(found):
+        return [s for s in found if markers is None or (s.sfreq == 0) == markers]
+
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
-        found = resolve_streams(timeout=timeout if cancel is None else max(min(0.3, remaining), 0.05), name=name,
-                                source_id=source_id)
-        if markers is not None:
-            found = [s for s in found if (s.sfreq == 0) == markers]
+        found = fits(resolve_streams(timeout=timeout if cancel is None else max(min(0.3, remaining), 0.05),
+                                     name=name, source_id=source_id))
         if found or cancel is None or remaining <= 0:
             break
         if cancel():
             raise ConnectCancelled(f"stopped looking for {name!r}")
+    if found:
+        more = resolve_streams(timeout=AMBIGUITY_WAIT, name=name, source_id=source_id, minimum=len(found) + 1)
+        found = _unique(found + fits(more))
     if len(found) == 1:
         return found[0]
     if not found:
@@ -99,8 +131,25 @@ def resolve_one(name: str, *, timeout: float = 5.0, source_id: str | None = None
         kind = "marker " if markers else "EEG " if markers is False else ""
         avail = "; ".join(s.describe() for s in others) or "none"
         raise StreamError(f"no {kind}stream named {name!r} found within {timeout:g} s (streams seen: {avail})")
-    raise StreamError(f"{len(found)} streams are named {name!r} ("
-                      + ", ".join(f"source_id={s.source_id!r}" for s in found) + "); pick one with its source id")
+    listed = "; ".join(_summary(s).describe() for s in found)
+    hint = ("pick one with --source-id" if not source_id else
+            "they even share the source id: stop the one that should not be there")
+    raise StreamError(f"{len(found)} streams are named {name!r} ({listed}); {hint}")
+
+
+def _describe_layout(ch_names: list[str], sfreq: float) -> str:
+    shown = ", ".join(ch_names[:6]) + (", ..." if len(ch_names) > 6 else "")
+    return f"{len(ch_names)} channels ({shown}) at {sfreq:g} Hz"
+
+
+def _layout_change(old_names: list[str], old_sfreq: float, new_names: list[str], new_sfreq: float) -> str | None:
+    """What differs between two stream layouts, in words, or None."""
+    if list(old_names) == list(new_names) and old_sfreq == new_sfreq:
+        return None
+    if sorted(old_names) == sorted(new_names) and old_sfreq == new_sfreq:
+        return f"the same channels in another order (was {_describe_layout(old_names, old_sfreq)}, now " \
+               f"{_describe_layout(new_names, new_sfreq)})"
+    return f"was {_describe_layout(old_names, old_sfreq)}, now {_describe_layout(new_names, new_sfreq)}"
 
 
 class EEGSource:
@@ -114,6 +163,16 @@ class EEGSource:
     source_id : str | None
     bufsize : float
         Seconds kept (epochs must be cut, and the recorder fed, within this time).
+
+    Attributes
+    ----------
+    n_total : int
+        Samples received since the connection (the next sample's absolute index).
+    available : int
+        Samples whose times are final and whose stream is known to be the one connected
+        to: readers (epochs, recording) use ``[oldest, available)``.
+    gaps : list of int
+        Absolute indices of the samples a gap precedes, in order.
     """
 
     def __init__(self, name: str, *, source_id: str | None = None, bufsize: float = 30.0):
@@ -122,34 +181,59 @@ class EEGSource:
         self._lock = threading.Lock()
         self.ch_names: list[str] = []
         self.sfreq = 0.0
-        self.n_total = 0  # samples received since connect
-        self.gaps: list[int] = []  # absolute sample indices where a gap precedes the sample
-        self.samples_lost = 0  # estimated from timestamp jumps
+        self.n_total = 0
+        self.gaps: list[int] = []
+        self.samples_lost = 0  # estimated from the forward jumps of the timeline
         self.last_arrival = None  # local LSL clock when the last chunk arrived
         self.callback_errors = 0
+        self.uid: str | None = None  # the outlet connected to
+        self._timeline: Timeline | None = None
+        self._settled = 0  # samples whose times are final
+        self._verified = None  # samples before this index come from the outlet checked; None: all
+        self._check: threading.Thread | None = None
+        self._check_wanted = False
+        self._changed: str | None = None  # why the stream is not the one connected to any more
+        self._check_failures = 0
 
     # -- connection -------------------------------------------------------------------
+    def open_buffer(self, ch_names: list[str], sfreq: float) -> None:
+        """Size the ring buffer for this layout (done by :meth:`connect`; tests call it to
+        feed :meth:`push` without LSL)."""
+        self.ch_names, self.sfreq = list(ch_names), float(sfreq)
+        n = max(int(np.ceil(self.bufsize * sfreq)), 16)
+        self._data = np.zeros((n, len(ch_names)), dtype=np.float64)
+        self._ts = np.zeros(n, dtype=np.float64)
+        self._arrival = np.zeros(n, dtype=np.float64)
+        self._timeline = Timeline(sfreq)
+
+    @property
+    def capacity(self) -> int:
+        """Samples the ring holds."""
+        return len(self._ts) if self.ch_names else 0
+
     def connect(self, timeout: float = 5.0, cancel: Callable[[], bool] | None = None) -> "EEGSource":
+        """Subscribe (again, after the stream was torn down: then it must have the same
+        channels and rate, or :class:`StreamChanged` is raised)."""
         from mne_lsl.stream import StreamLSL
 
         sinfo = resolve_one(self.name, timeout=timeout, source_id=self.source_id, markers=False, cancel=cancel)
         if sinfo.dtype == "string":
             raise StreamError(f"stream {self.name!r} carries strings, not a signal")
         self.source_id = sinfo.source_id or None
-        # StreamLSL's own buffer is kept short (it rolls it on every chunk); ours is the ring
+        # StreamLSL's own buffer is kept short (it rolls it on every chunk); ours is the ring.
+        # Only the clock correction: the timeline places the samples (see the module docstring)
         stream = StreamLSL(bufsize=1.0, name=self.name, source_id=self.source_id)
-        stream.connect(processing_flags="all", timeout=timeout, acquisition_delay=0.001)
+        stream.connect(processing_flags=("clocksync",), timeout=timeout, acquisition_delay=0.001)
         info = stream.info
         ch_names, sfreq = list(info["ch_names"]), float(info["sfreq"])
-        if self._stream is None and not self.ch_names:
-            self.ch_names, self.sfreq = ch_names, sfreq
-            n = max(int(np.ceil(self.bufsize * sfreq)), 16)
-            self._data = np.zeros((n, len(ch_names)), dtype=np.float64)
-            self._ts = np.zeros(n, dtype=np.float64)
-            self._arrival = np.zeros(n, dtype=np.float64)
-        elif ch_names != self.ch_names or sfreq != self.sfreq:
-            stream.disconnect()
-            raise StreamError(f"stream {self.name!r} came back with other channels or rate")
+        if not self.ch_names:
+            self.open_buffer(ch_names, sfreq)
+        else:
+            change = _layout_change(self.ch_names, self.sfreq, ch_names, sfreq)
+            if change is not None:
+                stream.disconnect()
+                raise StreamChanged(f"stream {self.name!r} came back with other channels or rate: {change}")
+        self.uid = sinfo.uid
         self._stream = stream
         stream.add_callback(self._on_chunk)
         logger.info("EEG stream %r: %d channels at %g Hz (source_id %r)", self.name, len(ch_names), sfreq,
@@ -168,84 +252,212 @@ class EEGSource:
             except Exception as err:  # pragma: no cover - liblsl teardown
                 logger.debug("disconnect: %s", err)
 
+    def clock_offset(self, timeout: float = 0.01) -> float | None:
+        """liblsl's current clock correction for this stream (s), or None when not known."""
+        stream = self._stream
+        if stream is None or not stream.connected:
+            return None
+        try:
+            return float(stream._inlet.time_correction(timeout=timeout))  # mne-lsl keeps its inlet private
+        except Exception:  # not measured yet, or the stream is gone
+            return None
+
     # -- acquisition (runs on mne-lsl's acquisition thread) ----------------------------
     def _on_chunk(self, data: np.ndarray, timestamps: np.ndarray, info: Any):
         try:
             from mne_lsl.lsl import local_clock
 
-            now = local_clock()
-            self._append(np.asarray(data), np.asarray(timestamps, dtype=np.float64), now)
+            self.push(np.asarray(data), np.asarray(timestamps, dtype=np.float64), local_clock())
         except Exception as err:  # never let an error disconnect the stream
             self.callback_errors += 1
             logger.error("EEG stream %r: chunk dropped (%s: %s)", self.name, type(err).__name__, err)
         return data, timestamps
 
-    def _append(self, data: np.ndarray, ts: np.ndarray, now: float) -> None:
-        n = len(ts)
+    def push(self, data: np.ndarray, raw_ts: np.ndarray, now: float) -> None:
+        """Append received samples (n, n_channels) with their raw stamps."""
+        n = len(raw_ts)
         if n == 0:
             return
         cap = len(self._ts)
         with self._lock:
-            if self.n_total:
-                step = ts[0] - self._ts[(self.n_total - 1) % cap]
-                if step > 1.5 / self.sfreq or step <= 0:
-                    self.gaps.append(self.n_total)
-                    self.samples_lost += max(int(round(step * self.sfreq)) - 1, 0)
+            first = self.n_total
+            ts, breaks, fixes = self._timeline.add(first, raw_ts)
+            for start, stop, delta in fixes:  # provisional times of a break found now
+                start = max(start, first - cap)
+                if stop > start:
+                    self._ts[ring_positions(start, stop, cap)] += delta
+            for b in breaks:
+                if b.index > 0:
+                    self.gaps.append(b.index)
+                    self.samples_lost += b.lost
+                    if self._verified is None or b.index < self._verified:
+                        self._verified = b.index  # the samples after a gap wait for a check
+                    self._check_wanted = True
             if n > cap:
                 data, ts, skip = data[-cap:], ts[-cap:], n - cap
-                self.n_total += skip
+                first += skip
                 n = cap
-            pos = np.arange(self.n_total, self.n_total + n) % cap
+            pos = ring_positions(first, first + n, cap)
             self._data[pos] = data
             self._ts[pos] = ts
             self._arrival[pos] = now
-            self.n_total += n
+            self.n_total = first + n
+            self._settled = self._timeline.settled
             self.last_arrival = now
 
     # -- reading (any thread) ---------------------------------------------------------
     @property
     def oldest(self) -> int:
+        with self._lock:
+            return self._oldest()
+
+    def _oldest(self) -> int:
         return max(0, self.n_total - len(self._ts)) if self.ch_names else 0
 
-    def latest_time(self) -> float | None:
+    @property
+    def available(self) -> int:
         with self._lock:
-            return float(self._ts[(self.n_total - 1) % len(self._ts)]) if self.n_total else None
+            return self._available()
+
+    def _available(self) -> int:
+        stop = min(self.n_total, self._settled)
+        return stop if self._verified is None else min(stop, self._verified)
+
+    def latest_time(self) -> float | None:
+        """Time of the newest available sample."""
+        with self._lock:
+            stop = self._available()
+            return float(self._ts[(stop - 1) % len(self._ts)]) if stop > self._oldest() else None
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Samples ``start:stop`` (absolute indices) as (n, n_channels) data, timestamps and
-        arrival times.  Raises IndexError when they are not (or no longer) in the buffer."""
+        """Samples ``start:stop`` (absolute indices) as (n, n_channels) data, times and
+        arrival times.  Raises IndexError when they are not (or no longer, or not yet)
+        available."""
         with self._lock:
-            if start < self.oldest or stop > self.n_total or start > stop:
-                raise IndexError(f"samples {start}:{stop} not in the buffer ({self.oldest}:{self.n_total})")
-            pos = np.arange(start, stop) % len(self._ts)
+            oldest, available = self._oldest(), self._available()
+            if start < oldest or stop > available or start > stop:
+                raise IndexError(f"samples {start}:{stop} not in the buffer ({oldest}:{available})")
+            pos = ring_positions(start, stop, len(self._ts))
             return self._data[pos], self._ts[pos].copy(), self._arrival[pos].copy()
 
-    def find_sample(self, t: float, lo: int | None = None) -> tuple[int, float] | None:
-        """The buffered sample whose timestamp is nearest ``t``: (absolute index, its
-        distance in seconds), or None when the buffer is empty."""
+    def read_new(self, start: int) -> tuple[int, np.ndarray, np.ndarray, list[int]]:
+        """Everything available from ``start`` on, in one locked step: (the first index
+        returned, which is ``start`` unless those samples left the buffer, the data, the
+        times, and the gaps at or after that index)."""
         with self._lock:
-            first, last = self.oldest if lo is None else max(lo, self.oldest), self.n_total
+            first, stop = max(start, self._oldest()), self._available()
+            stop = max(stop, first)
+            pos = ring_positions(first, stop, len(self._ts))
+            gaps = self.gaps[bisect.bisect_left(self.gaps, first):bisect.bisect_left(self.gaps, stop)]
+            return first, self._data[pos], self._ts[pos].copy(), gaps
+
+    def find_sample(self, t: float) -> tuple[int, float] | None:
+        """The available sample whose time is nearest ``t`` within the segment (between
+        gaps) whose time span holds ``t``: (absolute index, its distance in seconds).
+        None when no segment holds ``t`` (it fell in a gap, before the buffer, or after
+        the newest available sample) or the buffer is empty."""
+        half = 0.5 / self.sfreq if self.sfreq else 0.0
+        with self._lock:
+            first, last = self._oldest(), self._available()
             if last <= first:
                 return None
             cap = len(self._ts)
-            # regular stream: the sample is where the rate says; look around there first
-            guess = last - 1 - int(round((self._ts[(last - 1) % cap] - t) * self.sfreq))
-            near = np.arange(max(first, guess - 3), min(last, guess + 4))
-            if len(near):
+            bounds = [first] + [g for g in self.gaps[bisect.bisect_right(self.gaps, first):] if g < last] + [last]
+            for lo, hi in reversed(list(zip(bounds[:-1], bounds[1:]))):  # the newest segment first
+                t_lo, t_hi = self._ts[lo % cap], self._ts[(hi - 1) % cap]
+                if not t_lo - half <= t <= t_hi + half:
+                    continue
+                guess = lo + int(round((t - t_lo) * self.sfreq))
+                near = np.arange(max(lo, guess - 3), min(hi, guess + 4))
+                if not len(near):
+                    near = np.array([min(max(guess, lo), hi - 1)])
                 d = self._ts[near % cap] - t
                 k = int(np.argmin(np.abs(d)))
-                if abs(d[k]) <= 0.505 / self.sfreq:
+                if abs(d[k]) <= 1.01 * half or len(near) == 1:
                     return int(near[k]), float(d[k])
-            pos = np.arange(first, last) % cap
-            ts = self._ts[pos]
-        k = int(np.searchsorted(ts, t))
-        cands = [c for c in (k - 1, k) if 0 <= c < len(ts)]
-        best = min(cands, key=lambda c: abs(ts[c] - t))
-        return first + best, float(ts[best] - t)
+                # the segment's times are not where the rate says (a slow drift): search it
+                ts = self._ts[ring_positions(lo, hi, cap)]
+                j = int(np.clip(np.searchsorted(ts, t), 1, len(ts) - 1))
+                j = j if abs(ts[j] - t) < abs(ts[j - 1] - t) else j - 1
+                return lo + j, float(ts[j] - t)
+            return None
 
     def has_gap(self, start: int, stop: int) -> bool:
-        """True when a gap lies inside samples ``start:stop``."""
-        return any(start < g < stop for g in self.gaps)
+        """True when a gap lies inside samples ``start:stop`` (between two of them)."""
+        with self._lock:
+            i = bisect.bisect_right(self.gaps, start)
+            return i < len(self.gaps) and self.gaps[i] < stop
+
+    # -- identity after a gap or a stall ------------------------------------------------
+    def check_identity(self, *, stalled: bool = False) -> None:
+        """Start (in the background) a check that the stream on the network under this
+        name and source id is the outlet connected to, or one with the same channels and
+        rate.  Called by the session after a gap (automatically requested by
+        :meth:`push`) and while the stream is stalled.  Raise the outcome with
+        :meth:`raise_if_changed`."""
+        if stalled:
+            self._check_wanted = True
+        if not self._check_wanted or (self._check is not None and self._check.is_alive()):
+            return
+        self._check_wanted = False
+        self._check = threading.Thread(target=self._run_check, name=f"check-{self.name}", daemon=True)
+        self._check.start()
+
+    def raise_if_changed(self) -> None:
+        """Raise :class:`StreamChanged` when a check found the stream changed."""
+        if self._changed is not None:
+            raise StreamChanged(self._changed)
+
+    def _run_check(self) -> None:
+        from mne_lsl.lsl import resolve_streams
+
+        try:
+            found = _unique(resolve_streams(timeout=1.0, name=self.name, source_id=self.source_id))
+        except Exception as err:  # the network in flux: try again
+            logger.debug("stream check: %s", err)
+            found = []
+        ok = any(s.uid == self.uid for s in found)
+        change = None
+        for s in ([] if ok else found):
+            names = _channel_names(s)
+            if names is None:
+                if int(s.n_channels) == len(self.ch_names) and float(s.sfreq) == self.sfreq:
+                    continue  # cannot tell: try again later
+                names = [f"ch{i + 1}" for i in range(int(s.n_channels))]
+            change = _layout_change(self.ch_names, self.sfreq, names, float(s.sfreq))
+            if change is None:
+                ok, self.uid = True, s.uid
+                break
+        with self._lock:
+            if change is not None:
+                self._changed = f"stream {self.name!r} came back with other channels or rate: {change}"
+                return
+            if not ok and self._check_failures < 2:
+                self._check_failures += 1
+                self._check_wanted = True  # try again at the next step
+                return
+            if not ok and self._verified is not None and self.n_total > self._verified:
+                logger.warning("stream %r: could not look its channels up again after a gap; the samples after "
+                               "it are used as they come", self.name)
+            self._check_failures = 0
+            if not self._check_wanted:  # no other gap came meanwhile
+                self._verified = None
+
+
+def _channel_names(sinfo) -> list[str] | None:
+    """The channel names a stream describes (through a short-lived inlet), or None."""
+    from mne_lsl.lsl import StreamInlet
+
+    try:
+        inlet = StreamInlet(sinfo)
+        try:
+            names = inlet.get_sinfo(timeout=2.0).get_channel_names()
+        finally:
+            inlet.close_stream()
+    except Exception as err:  # gone again, or no description
+        logger.debug("channel names of %r: %s", sinfo.name, err)
+        return None
+    return list(names) if names else None
 
 
 class _Markers:
@@ -260,9 +472,26 @@ class _Markers:
         pass
 
 
+def marker_rows(rows: np.ndarray, ch_names: list[str]) -> list[list[Any]]:
+    """The marker values in each sample of a numeric marker stream.
+
+    One channel: the value itself.  Several channels: a *one-hot* stream such as
+    mne-lsl's annotation outlet (``mne-lsl player FILE --annotations``), one channel per
+    description named by it, non-zero (the duration, or -1) on the channel that fires:
+    the values are the names of the channels that fire (a sample may fire several)."""
+    rows = np.asarray(rows)
+    if rows.ndim == 1:
+        rows = rows[:, None]
+    if rows.shape[1] == 1:
+        return [[v] for v in rows[:, 0].tolist()]
+    return [[ch_names[i] for i in np.flatnonzero(row)] for row in rows]
+
+
 class NumericMarkers(_Markers):
     """Numeric markers through an mne-lsl event stream (``StreamLSL`` on an irregular
-    numeric stream; every chunk is taken from its acquisition callback)."""
+    numeric stream; every chunk is taken from its acquisition callback).  Single-channel
+    streams give their values; multi-channel (one-hot) streams the name of the channel
+    that fires (see :func:`marker_rows`)."""
 
     def __init__(self, sinfo, *, timeout: float = 5.0):
         from mne_lsl.stream import StreamLSL
@@ -276,13 +505,19 @@ class NumericMarkers(_Markers):
             # mne-lsl warns and names it itself, which is all a marker stream needs
             warnings.filterwarnings("ignore", message="Something went wrong while reading the channel description")
             self._stream.connect(processing_flags=("clocksync",), timeout=timeout, acquisition_delay=0.001)
+        self.ch_names = list(self._stream.info["ch_names"])
+        if len(self.ch_names) > 1:
+            logger.info("marker stream %r: %d channels, read as one-hot (the channel that fires names the marker: "
+                        "%s)", self.name, len(self.ch_names), ", ".join(self.ch_names[:8])
+                        + (", ..." if len(self.ch_names) > 8 else ""))
         self._stream.add_callback(self._on_chunk)
 
     def _on_chunk(self, data, timestamps, info):
         try:
-            values = np.asarray(data)[:, 0]
+            events = [(t, v) for t, values in zip(np.asarray(timestamps, dtype=float).tolist(),
+                                                   marker_rows(data, self.ch_names)) for v in values]
             with self._lock:
-                self._queue.extend(zip(np.asarray(timestamps, dtype=float).tolist(), values.tolist()))
+                self._queue.extend(events)
         except Exception as err:  # never let an error disconnect the stream
             logger.error("marker stream %r: chunk dropped (%s)", self.name, err)
         return data, timestamps

@@ -16,7 +16,7 @@ import numpy as np
 
 from trainer.errors import DataFormatError
 
-from .sessions import Marker, ReplaySession, marker_code
+from .replay_session import Marker, ReplaySession, marker_code
 
 __all__ = ["read_xdf"]
 

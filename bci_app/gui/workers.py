@@ -221,13 +221,16 @@ class LiveWorker(QObject):
         })
         if session.recorder is not None:
             self.recording.emit("started", str(session.record_dir))
-        sent = src.n_total  # samples already handed to the signal view
+        sent = src.available  # samples already handed to the signal view
         n_events = 0
         next_display = next_status = 0.0
         rate_window: list[tuple[float, int]] = []
         while not self._stop.is_set():
             self._run_commands(session)
+            recording = session.recorder is not None
             records = session.step()
+            if recording and session.recorder is None:  # a write failed (a full disk): decoding goes on
+                self.recording.emit("failed", session.problems[-1] if session.problems else "recording stopped")
             if session.last_markers:
                 self.markers.emit([(m.t, m.label, m.stimulus_id) for m in session.last_markers])
             if records:
@@ -238,16 +241,10 @@ class LiveWorker(QObject):
             now = time.monotonic()
             if now >= next_display:
                 next_display = now + self.display_interval
-                total = src.n_total
-                start = max(sent, src.oldest)
-                if total > start:
-                    try:
-                        data, ts, _ = src.read(start, total)
-                    except IndexError:  # fell out of the buffer meanwhile: skip ahead
-                        data = None
-                    if data is not None:
-                        self.samples.emit(np.ascontiguousarray(data[:, display], dtype=np.float32), ts)
-                    sent = total
+                first, data, ts, _ = src.read_new(sent)  # what fell out of the buffer meanwhile is skipped
+                if len(data):
+                    self.samples.emit(np.ascontiguousarray(data[:, display], dtype=np.float32), ts)
+                sent = first + len(data)
             if now >= next_status:
                 next_status = now + self.status_interval
                 rate_window.append((now, src.n_total))
@@ -260,21 +257,15 @@ class LiveWorker(QObject):
     def _status(self, session, rate: float | None, now: float) -> dict:
         src = session.source
         lag = None
-        if src.n_total:
-            n = min(src.n_total - src.oldest, max(int(src.sfreq), 1))
+        available = src.available
+        n = min(available - src.oldest, max(int(src.sfreq), 1))
+        if n > 0:
             try:
-                _, ts, arrival = src.read(src.n_total - n, src.n_total)
+                _, ts, arrival = src.read(available - n, available)
                 lag = float(np.median(arrival - ts))
-            except IndexError:
+            except IndexError:  # left the buffer meanwhile
                 pass
-        offset = None
-        stream = getattr(src, "_stream", None)
-        inlet = getattr(stream, "_inlet", None)
-        if inlet is not None:
-            try:
-                offset = float(inlet.time_correction(timeout=0.01))
-            except Exception:  # not known yet, or the stream is gone
-                offset = None
+        offset = src.clock_offset()
         silent = None if src.last_arrival is None else now - src.last_arrival
         return {"state": session.status, "rate": rate, "lag": lag, "clock_offset": offset, "silent": silent,
                 "recording": session.recorder is not None, "summary": session.summary()}
@@ -291,7 +282,7 @@ class LiveWorker(QObject):
                         continue
                     session.start_recording(arg)
                     self.recording.emit("started", str(arg))
-                    session._note(f"recording into {arg}", logging.INFO)
+                    session.note(f"recording into {arg}", logging.INFO)
                 elif command == "stop-record":
                     folder = session.record_dir if session.recorder is not None else None
                     path = session.stop_recording()
