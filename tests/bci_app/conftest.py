@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
+import numpy as np
 import pytest
 
 
@@ -81,3 +83,91 @@ def run_until():
         return records, epochs
 
     return run
+
+
+class CounterOutlet:
+    """A real LSL EEG outlet pushing, in real time, samples whose first channel ``CNT``
+    counts them (sample k carries k microvolts, exact in the journal's float32), the
+    others small noise, each stamped with its own time (``t0 + k / sfreq``).
+
+    ``markers`` (optional): a marker outlet ``{name}-markers`` whose ``mark(k, value)``
+    pushes ``value`` stamped with the time of sample ``k``."""
+
+    def __init__(self, name, source_id, ch_names, sfreq, *, chunk=10, dtype="float32", scale=1e-5, markers=None,
+                 t0=None):
+        from mne_lsl.lsl import StreamInfo, StreamOutlet, local_clock
+
+        self.ch_names, self.sfreq, self.chunk, self.scale = list(ch_names), float(sfreq), int(chunk), scale
+        info = StreamInfo(name, "EEG", len(self.ch_names), self.sfreq, dtype, source_id)
+        info.set_channel_names(self.ch_names)
+        info.set_channel_types("eeg")
+        info.set_channel_units("volts")
+        self.dtype = np.dtype(dtype)
+        self.outlet = StreamOutlet(info, self.chunk)
+        self.marker_outlet = None
+        if markers is not None:
+            minfo = StreamInfo(f"{name}-markers", "Markers", 1, 0.0, markers, f"{source_id}-markers")
+            self.marker_outlet = StreamOutlet(minfo)
+        self.marker_dtype = markers
+        self.t0 = local_clock() + 0.05 if t0 is None else t0
+        self.sent = 0
+        self.stamp_offset = 0.0  # added to the stamps from now on (a clock jump)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._rng = np.random.default_rng(0)
+
+    def samples(self, first, n):
+        data = self._rng.normal(size=(n, len(self.ch_names))) * self.scale
+        data[:, 0] = np.arange(first, first + n) * 1e-6
+        return data.astype(self.dtype) if self.dtype.kind == "f" else np.round(data).astype(self.dtype)
+
+    def time_of(self, k):
+        return self.t0 + k / self.sfreq + self.stamp_offset
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        from mne_lsl.lsl import local_clock
+
+        while not self._stop.is_set():
+            due = int((local_clock() - self.t0) * self.sfreq) + 1
+            while self.sent + self.chunk <= due and not self._stop.is_set():
+                k = self.sent
+                stamps = self.time_of(k) + np.arange(self.chunk) / self.sfreq
+                if self.chunk == 1:
+                    self.outlet.push_sample(self.samples(k, 1)[0], timestamp=float(stamps[0]))
+                else:
+                    self.outlet.push_chunk(self.samples(k, self.chunk), timestamp=stamps)
+                self.sent += self.chunk
+            time.sleep(min(0.001, self.chunk / self.sfreq / 2))
+
+    def mark(self, k, value):
+        sample = [value] if self.marker_dtype == "string" else np.array([value], dtype=self.marker_dtype)
+        self.marker_outlet.push_sample(sample, timestamp=self.time_of(k))
+
+    def stop(self):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        for outlet in (self.outlet, self.marker_outlet):
+            if outlet is not None:
+                outlet._del()  # gone from the network now, as an amplifier app that quits
+
+
+@pytest.fixture
+def counter_outlet(stream_name):
+    """counter_outlet(ch_names, sfreq, **kw) starts a CounterOutlet named after the test
+    (stopped at teardown)."""
+    outlets = []
+
+    def start(ch_names, sfreq, *, name=None, **kwargs):
+        name = name or stream_name
+        outlet = CounterOutlet(name, kwargs.pop("source_id", f"{name}-src"), ch_names, sfreq, **kwargs).start()
+        outlets.append(outlet)
+        return outlet
+
+    yield start
+    for o in outlets:
+        o.stop()

@@ -1,0 +1,223 @@
+"""Faults of the live path over real LSL on loopback: nothing received is lost, nothing is
+silently wrong.  Each test names the fault it plays (the table in docs/live.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import mne
+import numpy as np
+import pytest
+
+from bci_app.cli import main as app_main
+from bci_app.pipeline import LiveSession
+from bci_app.streams import StreamChanged, StreamError, resolve_one
+from trainer.bundle import load_bundle
+
+pytestmark = pytest.mark.slow  # real-time streams of a few seconds each
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    return load_bundle(tiny_bundle)
+
+
+def _layout(bundle, extra=()):
+    """A stream's channels: the counter, the model's channels, and extra ones."""
+    return ["CNT", *bundle.spec.channels, *extra]
+
+
+def _step_until(live, condition, timeout):
+    records = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not condition(records):
+        records += live.step()
+        time.sleep(0.002)
+    return records
+
+
+def _recorded_counter(fif):
+    raw = mne.io.read_raw_fif(fif, verbose="error")
+    return np.round(raw.get_data(picks=["CNT"])[0] / 1e-6).astype(np.int64), raw.annotations
+
+
+def _strict(line):
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+# -- the recording holds every sample ----------------------------------------------------
+
+def test_a_long_fast_stream_in_one_sample_chunks_is_recorded_whole(bundle, counter_outlet, tmp_path):
+    """64 channels at 2000 Hz pushed one sample at a time (the case that lost samples):
+    the counter channel proves every received sample is in the recording, once, in order."""
+    names = _layout(bundle, [f"X{i}" for i in range(64 - 18)])
+    out = counter_outlet(names, 2000.0, chunk=1, markers="int32")
+    live = LiveSession(bundle, _name(out), device="cpu", record=tmp_path / "rec").start()
+    try:
+        _step_until(live, lambda r: live.source.n_total >= 2000 * 15, timeout=40)
+    finally:
+        summary = live.close()
+    counter, annotations = _recorded_counter(summary["recording"])
+    assert len(counter) == summary["samples_received"] >= 2000 * 15
+    assert counter[0] == 0 or counter[0] < 2000  # from the first sample the app received
+    np.testing.assert_array_equal(np.diff(counter), 1)
+    assert "BAD_gap" not in annotations.description and summary["gaps"] == 0
+
+
+def _name(outlet):
+    return outlet.outlet.get_sinfo().name
+
+
+# -- a flood of markers --------------------------------------------------------------------
+
+def test_a_marker_flood_sheds_load_keeps_decisions_timely_and_the_recording_whole(bundle, counter_outlet, tmp_path):
+    """1000 markers/s for 5 s: epochs are decided within max_delay of being ready or
+    rejected as 'overload' (counted); every marker is accounted for; the recording is
+    complete."""
+    out = counter_outlet(_layout(bundle), 1000.0, markers="int32")
+    live = LiveSession(bundle, _name(out), device="cpu", record=tmp_path / "rec").start()
+    max_delay = live.epocher.max_delay
+    try:
+        time.sleep(1.0)
+        k0 = out.sent
+        for i in range(5000):  # 1000 per second, for 5 seconds, each at its own sample
+            while out.sent < k0 + i + 1:
+                live.step()
+            out.mark(k0 + i, 1 + i % 20)
+        _step_until(live, lambda r: live.stats.markers >= 5000 and not live.epocher.pending, timeout=30)
+    finally:
+        summary = live.close()
+    rejected = summary["epochs_rejected"]
+    assert summary["markers_seen"] == 5000
+    assert summary["epochs_decoded"] + sum(rejected.values()) + summary["epochs_pending"] == 5000
+    assert summary["decision_latency"]["max_ms"] <= 1000 * (max_delay + 0.5)
+    assert set(k for k, v in rejected.items() if v) <= {"overload", "before start"}
+    counter, annotations = _recorded_counter(summary["recording"])
+    np.testing.assert_array_equal(np.diff(counter), 1)
+    assert len(counter) == summary["samples_received"]
+
+
+# -- a full disk -----------------------------------------------------------------------------
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_stops_the_recording_not_the_session(tiny_bundle, counter_outlet, tmp_path, capsys):
+    """The journal's data file on a device that is always full (the kernel's ENOSPC):
+    decoding goes on, the recording stops with a message, the summary is written."""
+    bundle = load_bundle(tiny_bundle)
+    out = counter_outlet(_layout(bundle), 1000.0, markers="int32")
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    (folder / "recording.eeg").symlink_to("/dev/full")
+
+    def mark_every_200_ms():
+        import threading
+
+        def run():
+            k = out.sent + 500
+            while not out._stop.is_set():
+                if out.sent > k:
+                    out.mark(k, 1 + (k // 200) % 20)
+                    k += 200
+                time.sleep(0.01)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    mark_every_200_ms()
+    summary_file = tmp_path / "summary.json"
+    code = app_main(["--bundle", str(tiny_bundle), "--stream", _name(out), "--headless", "--max-epochs", "12",
+                     "--device", "cpu", "--record", str(folder), "--summary", str(summary_file)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = [_strict(line) for line in captured.out.splitlines()]
+    assert len(lines) == 12  # decoding went on after the recording stopped
+    summary = json.loads(summary_file.read_text())
+    assert summary["epochs_decoded"] == 12
+    assert any("No space left on device" in p for p in summary["problems"])
+    assert "recording stopped" in captured.err and "problem:" in captured.err
+    assert "summary: 12 epochs decoded" in captured.err
+
+
+# -- a stream that restarts under the same source id ------------------------------------------
+
+@pytest.mark.parametrize("change", ["order", "rate", "count"])
+def test_a_stream_back_with_other_channels_or_rate_is_an_error_and_nothing_after_is_kept(
+        bundle, counter_outlet, stream_name, tmp_path, change):
+    """liblsl reconnects an inlet by itself to an outlet with the same source id: with
+    another channel order the samples would be decoded and recorded scrambled, with
+    another rate or channel count it would never reconnect (an endless stall)."""
+    names = _layout(bundle, ["Fp1"])
+    first = counter_outlet(names, 1000.0, markers="int32")
+    live = LiveSession(bundle, stream_name, device="cpu", stall_timeout=0.5, record=tmp_path / "rec").start()
+    try:
+        _step_until(live, lambda r: live.source.n_total >= 1500, timeout=10)
+        first.stop()  # the amplifier app restarts ...
+        _step_until(live, lambda r: False, timeout=0.3)
+        received_before = live.source.n_total
+        if change == "order":
+            counter_outlet(["CNT", *reversed(names[1:])], 1000.0)
+        elif change == "rate":
+            counter_outlet(names, 500.0)
+        else:
+            counter_outlet(names + ["Fp2"], 1000.0)
+        with pytest.raises(StreamChanged, match="came back with other channels or rate"):
+            _step_until(live, lambda r: False, timeout=20)
+    finally:
+        summary = live.close()
+    counter, annotations = _recorded_counter(summary["recording"])
+    # the recording holds the first outlet's samples only, none of the changed stream's
+    assert len(counter) == received_before
+    np.testing.assert_array_equal(np.diff(counter), 1)
+
+
+def test_two_streams_with_one_name_are_an_error_listing_both(bundle, counter_outlet, stream_name):
+    counter_outlet(["CNT", "Pz"], 100.0, source_id="amp-A")
+    counter_outlet(["CNT", "Pz"], 100.0, source_id="amp-B")
+    time.sleep(0.3)
+    with pytest.raises(StreamError) as info:
+        resolve_one(stream_name, timeout=3.0)
+    assert "2 streams are named" in str(info.value)
+    assert "amp-A" in str(info.value) and "amp-B" in str(info.value) and "--source-id" in str(info.value)
+    assert resolve_one(stream_name, source_id="amp-B", timeout=3.0).source_id == "amp-B"
+
+
+# -- a clock jump in the EEG stamps ---------------------------------------------------------------
+
+def test_a_clock_jump_in_the_eeg_stamps_is_a_gap(bundle, counter_outlet):
+    """The sender's clock jumps +10 s: the epoch whose window spans the jump is rejected
+    ('gap'); the epochs before and after it are cut from the right samples (the counter
+    channel tells which outlet sample each onset is)."""
+    out = counter_outlet(_layout(bundle), 1000.0, markers="int32")
+    live = LiveSession(bundle, _name(out), device="cpu").start()
+    onsets = {}
+
+    def step_until(condition, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not condition():
+            if live.step():
+                for e in live.last_epochs:
+                    data, _, _ = live.source.read(e.marker.onset, e.marker.onset + 1)
+                    onsets[e.marker.value] = int(round(data[0, 0] / 1e-6))
+            time.sleep(0.002)
+
+    try:
+        step_until(lambda: out.sent > 1500, 5)
+        k1 = out.sent - 200
+        out.mark(k1, 1)  # well before the jump
+        step_until(lambda: out.sent > k1 + 1500, 5)
+        k2 = out.sent - 300
+        out.mark(k2, 2)  # its window will span the jump
+        jump_at = out.sent
+        out.stamp_offset = 10.0  # from about here on, the stamps are 10 s later
+        step_until(lambda: out.sent > jump_at + 700, 5)
+        out.mark(jump_at + 700, 3)  # after the jump, stamped in the new clock
+        step_until(lambda: live.stats.markers >= 3 and not live.epocher.pending, 15)
+    finally:
+        summary = live.close()
+    assert onsets == {1: k1, 3: jump_at + 700}
+    assert summary["epochs_decoded"] == 2 and summary["epochs_rejected"]["gap"] == 1
+    assert summary["gaps"] == 1
