@@ -348,8 +348,14 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    import warnings
+
     from .replay import SessionPlayer
     from .sessions import read_session
+
+    # mne-lsl 1.14 warns at the end of every session whose length is a multiple of the
+    # chunk size ("End of file reached with an empty chunk"); nothing is wrong then
+    warnings.filterwarnings("ignore", message=".*End of file reached with an empty chunk")
 
     session = read_session(args.path, xdf_stream=args.xdf_stream, xdf_markers=args.xdf_markers)
     player = SessionPlayer(session, name=args.name, chunk_size=args.chunk_size, loop=args.loop,

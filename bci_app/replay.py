@@ -127,7 +127,9 @@ class SessionPlayer(PlayerLSL):
             self.error = err
             raise
         self.pushed = stop
-        if self._end_streaming:
+        # the end: PlayerLSL's last call may push nothing (when the session is a multiple of
+        # the chunk size) and never come here, so the last sample pushed is the sign
+        if self._end_streaming or (self._n_repeat == 1 and stop == self._raw.times.size):
             self.completed = True
 
     def _push_markers(self, start: int, stop: int, start_timestamp: float) -> None:

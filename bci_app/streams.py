@@ -451,6 +451,7 @@ def _channel_names(sinfo) -> list[str] | None:
     try:
         inlet = StreamInlet(sinfo)
         try:
+            inlet.open_stream(timeout=2.0)  # mne-lsl gives the full description of open inlets only
             names = inlet.get_sinfo(timeout=2.0).get_channel_names()
         finally:
             inlet.close_stream()

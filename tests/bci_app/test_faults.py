@@ -63,8 +63,7 @@ def test_a_long_fast_stream_in_one_sample_chunks_is_recorded_whole(bundle, count
     finally:
         summary = live.close()
     counter, annotations = _recorded_counter(summary["recording"])
-    assert len(counter) == summary["samples_received"] >= 2000 * 15
-    assert counter[0] == 0 or counter[0] < 2000  # from the first sample the app received
+    assert len(counter) == summary["samples_received"] >= 2000 * 15  # from the first sample received on
     np.testing.assert_array_equal(np.diff(counter), 1)
     assert "BAD_gap" not in annotations.description and summary["gaps"] == 0
 
