@@ -29,6 +29,10 @@ def _setup_logging(verbose: bool) -> None:
                         stream=sys.stderr)
     # mne-lsl logs every connection at INFO; keep its warnings only
     logging.getLogger("mne_lsl").setLevel(logging.WARNING)
+    if not verbose:
+        from .lsl_config import quiet_liblsl
+
+        quiet_liblsl()  # before liblsl loads (see bci_app/lsl_config.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
