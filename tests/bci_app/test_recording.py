@@ -246,6 +246,40 @@ def test_cli_recover_without_a_journal(tmp_path, capsys):
     assert not (tmp_path / FIF_NAME).exists()
 
 
+def test_recover_trusts_the_journal_header_and_refuses_a_session_json_that_disagrees(crashed, capsys):
+    """The .vhdr describes the samples in the .eeg file; a session.json that says another
+    channel count (edited, or from another recording) must not reshape them silently."""
+    folder, _ = crashed
+    meta = json.loads((folder / "session.json").read_text())
+    meta["ch_names"] = meta["ch_names"] + ["Oz"]
+    (folder / "session.json").write_text(json.dumps(meta))
+    assert app_main(["recover", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "session.json" in err and "recording.vhdr" in err and "4 channels" in err and "3 at 250 Hz" in err
+    assert not (folder / FIF_NAME).exists()
+
+
+def test_recover_names_an_invalid_byte_in_the_markers(crashed, capsys):
+    folder, _ = crashed
+    vmrk = folder / "recording.vmrk"
+    lines = vmrk.read_bytes().split(b"\n")
+    lines[2] = lines[2] + b"\xff"
+    vmrk.write_bytes(b"\n".join(lines))
+    assert app_main(["recover", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "recording.vmrk" in err and "line 3" in err and "UTF-8" in err
+
+
+def test_recover_drops_a_marker_line_cut_in_a_character(crashed, caplog):
+    """A crash while the last marker line was written can leave half a UTF-8 character."""
+    folder, _ = crashed
+    with open(folder / "recording.vmrk", "ab") as f:
+        f.write("Mk9=Stimulus,caf\u00e9".encode()[:-1])
+    raw = mne.io.read_raw_fif(finalize_recording(folder), verbose="error")
+    assert list(raw.annotations.description) == ["17", "a, b"]
+    assert "last line is incomplete" in caplog.text
+
+
 # --------------------------------------------------------------------------- refusing a used folder
 def _snapshot(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
