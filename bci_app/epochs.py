@@ -15,7 +15,7 @@ not finite (``non-finite``), when one of the model's channels is constant over t
 sample to 0), when its window began before the first sample received (``before start``, a
 marker just after connecting), when it fell out of the buffer (``overrun``), or when the
 app is too far behind to decide in time (``overload``: markers come faster than epochs
-can be decoded; the newest are kept, so decisions stay timely).
+can be decoded; the newest go first, so decisions stay timely).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class OnlineEpocher:
         Seconds to wait for the samples of a marker before rejecting it ("no data").
     max_batch : int
         Epochs preprocessed together at most per :meth:`poll` (bounds the work, and the
-        memory, of one step).
+        memory, of one step); when more are ready, the newest go first.
     max_delay : float
         Seconds an epoch may wait, once its samples are all there, before it is rejected
         as ``overload`` instead of decoded late.
@@ -169,12 +169,20 @@ class OnlineEpocher:
                 rejected.append((m, "before start" if oldest == 0 else "overrun"))
             elif src.has_gap(first, min(last, max(available, first))):
                 rejected.append((m, "gap"))  # no need to wait for the rest of the window
-            elif available >= last and len(ready) < self.max_batch:
+            elif available >= last:
                 ready.append((m, first))
-            elif available < last and now - m.received > self.no_data_timeout + self.n_in / self.sfreq:
+            elif now - m.received > self.no_data_timeout + self.n_in / self.sfreq:
                 rejected.append((m, "no data"))
             else:
                 keep.append(m)
+        if len(ready) > self.max_batch:
+            # more than one batch is ready (a flood): the ones already max_delay late are
+            # shed, then the newest go first, so decisions stay timely; the others wait
+            late = [(m, f) for m, f in ready if now - src.arrival(f + self.n_in - 1) > self.max_delay]
+            rejected += [(m, "overload") for m, _ in late]
+            ready = sorted((mf for mf in ready if mf not in late), key=lambda mf: mf[0].t)
+            keep += [m for m, _ in ready[:-self.max_batch]]
+            ready = ready[-self.max_batch:]
         self.pending = keep
         out: list[ReadyEpoch] = []
         if ready:

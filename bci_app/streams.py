@@ -340,6 +340,11 @@ class EEGSource:
             pos = ring_positions(start, stop, len(self._ts))
             return self._data[pos], self._ts[pos].copy(), self._arrival[pos].copy()
 
+    def arrival(self, index: int) -> float:
+        """The local time sample ``index`` arrived (it must still be in the buffer)."""
+        with self._lock:
+            return float(self._arrival[index % len(self._ts)])
+
     def read_new(self, start: int) -> tuple[int, np.ndarray, np.ndarray, list[int]]:
         """Everything available from ``start`` on, in one locked step: (the first index
         returned, which is ``start`` unless those samples left the buffer, the data, the

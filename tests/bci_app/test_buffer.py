@@ -224,9 +224,10 @@ def test_a_flood_of_ready_epochs_is_decided_in_bounded_batches_and_the_late_ones
         epocher.add(_marker(T0 + 1.0 + k * 0.1, now=T0 + 1.0 + k * 0.1))
     ready, rejected = epocher.poll(T0 + 20.5)  # 0.5 s after they arrived: in time
     assert len(ready) == 16 and rejected == []
+    assert [r.marker.t for r in ready] == [T0 + 1.0 + k * 0.1 for k in range(84, 100)]  # the newest first
     ready, rejected = epocher.poll(T0 + 22.0)  # the rest waited 2 s: too late to be worth deciding
-    assert ready == [] and len(rejected) == 16 and {r for _, r in rejected} == {"overload"}
-    assert epocher.rejected["overload"] == 16 and len(epocher.pending) == 100 - 32
+    assert ready == [] and len(rejected) == 84 and {r for _, r in rejected} == {"overload"}
+    assert epocher.rejected["overload"] == 84 and epocher.pending == []
 
 
 # -- one-hot marker streams ----------------------------------------------------------------

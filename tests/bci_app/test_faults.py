@@ -220,3 +220,60 @@ def test_a_clock_jump_in_the_eeg_stamps_is_a_gap(bundle, counter_outlet):
     assert onsets == {1: k1, 3: jump_at + 700}
     assert summary["epochs_decoded"] == 2 and summary["epochs_rejected"]["gap"] == 1
     assert summary["gaps"] == 1
+
+
+# -- marker streams as the field's tools send them ------------------------------------------------
+
+def test_one_hot_annotation_streams_of_mne_lsls_player_name_the_stimulus(bundle, lead_session, stream_name):
+    """``mne-lsl player FILE --annotations`` sends one float channel per annotation
+    description, non-zero on the one that fires (formerly decoded as value 0, no stimulus)."""
+    from mne_lsl.player import PlayerLSL
+
+    raw = lead_session.raw.copy()
+    markers = [m for m in lead_session.markers if m.code != 99999][:12]
+    raw.set_annotations(mne.Annotations([m.sample / raw.info["sfreq"] for m in markers], [0.0] * len(markers),
+                                        [str(m.code) for m in markers]))
+    player = PlayerLSL(raw, chunk_size=10, name=stream_name, source_id=f"{stream_name}-src", annotations=True)
+    player.start()
+    try:
+        live = LiveSession(bundle, stream_name, markers=f"{stream_name}-annotations", device="cpu").start()
+        try:
+            records = _step_until(live, lambda r: len(r) >= 6, timeout=30)
+        finally:
+            live.close()
+    finally:
+        player.stop()
+    assert len(records) >= 6
+    codes = [m.code for m in markers]
+    for r in records:
+        assert r["marker"] in codes and r["stimulus_id"] == r["marker"]  # the description, mapped to the gallery
+
+
+def test_nan_and_inf_marker_values_give_strict_json_lines(tiny_bundle, counter_outlet, capsys):
+    """A float marker stream that sends NaN and Inf: decoded as unknown markers, and
+    every JSON line parses with a strict parser (bare NaN is not JSON)."""
+    bundle = load_bundle(tiny_bundle)
+    out = counter_outlet(_layout(bundle), 1000.0, markers="float64")
+
+    def mark():
+        import threading
+
+        def run():
+            values = [3.0, float("nan"), float("inf"), 4.5, float("-inf"), 5.0]
+            k = out.sent + 800
+            for v in values:
+                while out.sent <= k and not out._stop.is_set():
+                    time.sleep(0.01)
+                out.mark(k, v)
+                k += 200
+
+        threading.Thread(target=run, daemon=True).start()
+
+    mark()
+    code = app_main(["--bundle", str(tiny_bundle), "--stream", _name(out), "--headless", "--max-epochs", "6",
+                     "--device", "cpu", "--timeout", "10"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = [_strict(line) for line in captured.out.splitlines()]
+    assert [r["marker"] for r in lines] == [3, "nan", "inf", 4.5, "-inf", 5]
+    assert [r["stimulus_id"] for r in lines] == [3, None, None, None, None, 5]
