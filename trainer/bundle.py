@@ -3,35 +3,58 @@
 A folder, no pickles anywhere::
 
     bundle.json            format version, encoder name and arguments, backbone, layer,
-                           pooling, sizes, temperature, preprocessing spec, provenance, metrics
+                           pooling, sizes, temperature, preprocessing spec, provenance,
+                           metrics, and the SHA-256 of each file below ("files")
     encoder.safetensors    brain encoder + projector ("brain.*"), image projector ("image_projector.*")
     gallery.safetensors    "embeddings" (N x D, L2-normalised) and "ids" (N, the stimulus codes)
     gallery.json           per gallery item: id, concept, source file, thumbnail
     thumbnails/            small JPEGs shown by the app
 
-:func:`load_bundle` validates every field and names the bad one.
+:func:`load_bundle` validates every field and names the bad one, and checks each file
+against its SHA-256 in ``bundle.json``.  A bundle written before the hashes were recorded
+(no "files") still loads, with a warning that its integrity cannot be checked.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import logging
 import math
+import re
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ._io import atomic_path, atomic_write_text
-from .errors import DataFormatError
+from .errors import DataFormatError, UsageError
+from .losses import LogitScale
 from .preprocessing import PreprocessingSpec
 
-__all__ = ["BUNDLE_FORMAT", "Bundle", "GalleryItem", "load_bundle", "retarget_bundle", "save_bundle"]
+__all__ = ["BUNDLE_FORMAT", "ID_RANGE", "TEMPERATURE_RANGE", "Bundle", "GalleryItem", "load_bundle", "retarget_bundle",
+           "save_bundle"]
+
+logger = logging.getLogger("trainer")
 
 BUNDLE_FORMAT = 1
 THUMBNAIL_SIZE = 128
+THUMBNAIL_DIR = "thumbnails"
+#: the range of a gallery id: ids are stimulus codes, which travel as int32 LSL markers
+ID_RANGE = (-(2**31), 2**31 - 1)
+#: the temperatures training can produce, with a 0.1 % margin for float rounding: LogitScale
+#: clamps the logit scale (1 / temperature) to at most ``max_scale``; a scale below
+#: ``1 / max_scale`` leaves confidences uniform within 2 % for cosine similarities
+_MAX_SCALE = float(LogitScale.__init__.__kwdefaults__["max_scale"])
+TEMPERATURE_RANGE = (0.999 / _MAX_SCALE, 1.001 * _MAX_SCALE)
+#: bundle.json and gallery.json larger than this are refused unread (a 16 540-image
+#: gallery.json is about 2 MB)
+_MAX_JSON_BYTES = 64 * 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -56,11 +79,14 @@ class Bundle:
     spec : PreprocessingSpec
         How raw samples become the model's epochs (the live app applies it as is).
     brain : torch.nn.Module
-        Epochs (B, C, T) -> embeddings (B, D), in eval mode on the CPU.
+        Epochs (B, C, T) -> embeddings (B, D), in eval mode, loaded on the CPU.
     gallery : np.ndarray (N, D) float32, L2-normalised
     gallery_ids : np.ndarray (N,) int64
     items : list of GalleryItem
     temperature : float
+        Within :data:`TEMPERATURE_RANGE`.
+    image_projector_state : dict
+        The image projector's ``weight`` and ``bias`` (for :func:`retarget_bundle`).
     """
 
     path: Path
@@ -85,49 +111,95 @@ class Bundle:
         return self.path / self.items[index].thumbnail
 
     def embed(self, epochs: np.ndarray, *, device: str | torch.device = "cpu", batch_size: int = 1024) -> np.ndarray:
-        """L2-normalised embeddings (n, D) of preprocessed epochs (n, C, T)."""
+        """L2-normalised embeddings (n, D) float32 of preprocessed epochs (n, C, T), D the
+        gallery's size even for n = 0.
+
+        Runs :func:`trainer.model.embed_epochs` (the one encode-and-normalise path) on
+        :attr:`brain` where it is; for another ``device`` on a copy moved there, so the
+        module the live decoder may be running is never moved."""
+        from .model import embed_epochs
+
         epochs = np.asarray(epochs, dtype=np.float32)
         if epochs.ndim != 3 or epochs.shape[1:] != (self.n_chans, self.n_times):
-            raise ValueError(
+            raise UsageError(
                 f"epochs must be (n, {self.n_chans}, {self.n_times}) for this bundle, got {epochs.shape}"
             )
         if not np.isfinite(epochs).all():
-            raise ValueError("epochs contain NaN or Inf")
-        model = self.brain.to(device)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(epochs), batch_size):
-                z = model(torch.from_numpy(epochs[i : i + batch_size]).to(device))
-                out.append(torch.nn.functional.normalize(z, dim=1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.gallery.shape[1]), np.float32)
+            raise UsageError("epochs contain NaN or Inf")
+        if len(epochs) == 0:
+            return np.zeros((0, self.gallery.shape[1]), np.float32)
+        model, device = self.brain_on(device)
+        return embed_epochs(model, epochs, device=device, batch_size=batch_size)
 
-    def similarity(self, epochs: np.ndarray, **kwargs) -> np.ndarray:
-        """Cosine similarity (n, N) of epochs to the gallery."""
-        return self.embed(epochs, **kwargs) @ self.gallery.T
+    def brain_on(self, device: str | torch.device) -> tuple[torch.nn.Module, torch.device]:
+        """(module, the device it is on): :attr:`brain` itself if it is on ``device``
+        ('cuda' meaning any CUDA device), else a copy moved there, so that :attr:`brain`,
+        which another thread may be running, is never moved.  The copy is made for each
+        call (a copy kept would miss later changes to :attr:`brain`)."""
+        device = torch.device(device)
+        here = next(self.brain.parameters()).device
+        if here.type == device.type and (device.index is None or device.index == here.index):
+            return self.brain, here
+        return copy.deepcopy(self.brain).to(device).eval(), device
 
 
 def _write_gallery(out: Path, emb: torch.Tensor, ids: Sequence[int], concepts: Sequence[str], files: Sequence[str],
-                   images: Sequence[Any] | None) -> None:
-    """gallery.safetensors, gallery.json and thumbnails/ of a bundle folder."""
+                   images: Sequence[Any] | None) -> list[str]:
+    """gallery.safetensors, gallery.json and thumbnails/ of a bundle folder; returns the
+    files written (paths relative to ``out``)."""
     from safetensors.torch import save_file
 
     with atomic_path(out / "gallery.safetensors") as tmp:
         save_file({"embeddings": emb.contiguous(), "ids": torch.as_tensor(np.asarray(ids, dtype=np.int64))}, str(tmp))
-    thumbs = out / "thumbnails"
-    if thumbs.exists():
+    thumbs = out / THUMBNAIL_DIR
+    if thumbs.is_symlink() or thumbs.is_file():
+        thumbs.unlink()
+    elif thumbs.exists():
         shutil.rmtree(thumbs)
     thumbs.mkdir()
-    items = []
+    items, written = [], ["gallery.safetensors"]
     for i in range(len(ids)):
         thumb = ""
         if images is not None:
             image = images[i]() if callable(images[i]) else images[i]
             image = image.convert("RGB")
             image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            thumb = f"thumbnails/{int(ids[i]):05d}.jpg"
-            image.save(out / thumb, quality=90)
+            thumb = f"{THUMBNAIL_DIR}/{int(ids[i]):05d}.jpg"
+            with atomic_path(out / thumb) as tmp:
+                image.save(tmp, format="JPEG", quality=90)
+            written.append(thumb)
         items.append({"id": int(ids[i]), "concept": str(concepts[i]), "file": str(files[i]), "thumbnail": thumb})
     atomic_write_text(out / "gallery.json", json.dumps({"items": items}, indent=1) + "\n")
+    return written + ["gallery.json"]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_gallery_ids(ids: Sequence[int]) -> list[int]:
+    """Gallery ids as ints: unique, each an int32 marker code (UsageError otherwise)."""
+    out = []
+    for i in ids:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise UsageError(f"gallery ids must be integers (stimulus codes), got {i!r:.60}")
+        if not ID_RANGE[0] <= int(i) <= ID_RANGE[1]:
+            raise UsageError(f"gallery id {int(i)} does not fit an int32 marker ({ID_RANGE[0]}..{ID_RANGE[1]})")
+        out.append(int(i))
+    if len(set(out)) != len(out):
+        raise UsageError("gallery ids must be unique")
+    return out
+
+
+def _write_config(out: Path, config: dict, files: Sequence[str]) -> None:
+    """bundle.json, written last, with the SHA-256 of every other file of the bundle."""
+    config = dict(config)
+    config["files"] = {rel: _sha256(out / rel) for rel in files}
+    atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
 
 
 def save_bundle(
@@ -149,28 +221,35 @@ def save_bundle(
     """Write a bundle folder from a trained :class:`trainer.model.AlignmentModel`.
 
     ``gallery_features`` are the pooled backbone features (N, feature_dim) of the gallery
-    images; they are projected and normalised here.  ``gallery_images`` are PIL images
-    (or callables returning one) for the thumbnails, or None to skip thumbnails.
+    images; they are projected and normalised here.  ``gallery_ids`` are the stimulus
+    codes (unique int32).  ``gallery_images`` are PIL images (or callables returning one)
+    for the thumbnails, or None to skip thumbnails.  ``bundle.json`` is written last, with
+    the SHA-256 of every other file.
     """
     from safetensors.torch import save_file
 
+    from .model import normalised_embedding
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     n = len(gallery_ids)
     if not (len(gallery_features) == len(gallery_concepts) == len(gallery_files) == n):
         raise ValueError("save_bundle: gallery features, ids, concepts and files must have the same length")
+    ids = _check_gallery_ids(gallery_ids)
+    temperature = float(model.logit_scale.temperature)
+    if not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]:
+        raise UsageError(f"temperature {temperature:g} is outside {TEMPERATURE_RANGE[0]:g}..{TEMPERATURE_RANGE[1]:g}, "
+                         "the range a bundle may hold")
+    out.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
-        emb = model.embed_images(torch.as_tensor(np.asarray(gallery_features), dtype=torch.float32))
-        emb = torch.nn.functional.normalize(emb, dim=1).contiguous()
+        emb = normalised_embedding(model.embed_images,
+                                   torch.as_tensor(np.asarray(gallery_features), dtype=torch.float32)).contiguous()
     tensors = {f"brain.{k}": v.detach().contiguous() for k, v in model.brain.state_dict().items()}
     tensors.update({f"image_projector.{k}": v.detach().contiguous() for k, v in model.image_projector.state_dict().items()})
     with atomic_path(out / "encoder.safetensors") as tmp:
         save_file(tensors, str(tmp))
 
-    _write_gallery(out, emb, gallery_ids, gallery_concepts, gallery_files, gallery_images)
-
-    temperature = float(model.logit_scale.temperature)
+    written = _write_gallery(out, emb, ids, gallery_concepts, gallery_files, gallery_images)
     config = {
         "format_version": BUNDLE_FORMAT,
         "encoder": dict(model.brain.encoder_config),
@@ -184,126 +263,271 @@ def save_bundle(
         "provenance": dict(provenance),
         "metrics": dict(metrics or {}),
     }
-    atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
+    _write_config(out, config, ["encoder.safetensors", *written])
     return out
 
 
-def _need(config: dict, key: str, types: type | tuple, source: Path, *, check=None, problem: str = "") -> Any:
+# -- loading -------------------------------------------------------------------------------
+
+
+def _need(config: dict, key: str, types: type | tuple, source: Path, *, check=None, problem: str = "",
+          name: str | None = None) -> Any:
+    name = name or key
     if key not in config:
-        raise DataFormatError(source, key, "missing")
+        raise DataFormatError(source, name, "missing")
     value = config[key]
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))):
         names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-        raise DataFormatError(source, key, f"must be {names}, got {type(value).__name__} ({value!r:.60})")
+        raise DataFormatError(source, name, f"must be {names}, got {type(value).__name__} ({value!r:.60})")
     if check is not None and not check(value):
-        raise DataFormatError(source, key, problem or f"invalid value {value!r:.60}")
+        raise DataFormatError(source, name, problem or f"invalid value {value!r:.60}")
     return value
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _optional(config: dict, key: str, types: type | tuple, source: Path, name: str, *, check=None,
+              problem: str = "") -> Any:
+    """Like :func:`_need` for a key that may be absent or null."""
+    if config.get(key) is None:
+        return None
+    return _need(config, key, types, source, check=check, problem=problem, name=name)
 
+
+class _Files:
+    """The bundle's files, each read once and checked against the SHA-256 that bundle.json
+    records (``hashes`` None: an old bundle without hashes, nothing to check)."""
+
+    def __init__(self, root: Path, cfg_path: Path, hashes: dict[str, str] | None):
+        self.root, self.cfg_path, self.hashes = root, cfg_path, hashes
+        self.checked: set[str] = set()
+
+    def _check(self, rel: str, path: Path, digest: str) -> None:
+        if self.hashes is None:
+            return
+        if rel not in self.hashes:
+            raise DataFormatError(self.cfg_path, "files", f"records no SHA-256 for {rel}")
+        if digest != self.hashes[rel]:
+            raise DataFormatError(path, None, "does not match the SHA-256 recorded in bundle.json: "
+                                              "the file was changed or damaged")
+        self.checked.add(rel)
+
+    def read(self, rel: str, *, limit: int | None = None) -> bytes:
+        path = self.root / rel
+        if not path.is_file():
+            raise DataFormatError(path, None, "missing" if not path.exists() else "not a file")
+        if limit is not None and path.stat().st_size > limit:
+            raise DataFormatError(path, None, f"is {path.stat().st_size / 2**20:.0f} MiB, more than the "
+                                              f"{limit / 2**20:.0f} MiB such a file may be")
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise DataFormatError(path, None, f"unreadable ({err.strerror or err})") from None
+        self._check(rel, path, hashlib.sha256(data).hexdigest())
+        return data
+
+    def verify(self, rel: str) -> None:
+        path = self.root / rel
+        if not path.is_file():
+            raise DataFormatError(path, None, "missing" if not path.exists() else "not a file")
+        try:
+            digest = _sha256(path)
+        except OSError as err:
+            raise DataFormatError(path, None, f"unreadable ({err.strerror or err})") from None
+        self._check(rel, path, digest)
+
+    def verify_rest(self) -> None:
+        """Every file bundle.json lists must be there and unchanged."""
+        for rel in sorted(set(self.hashes or ()) - self.checked):
+            self.verify(rel)
+
+
+def _safe_relative(rel: str) -> bool:
+    """A relative POSIX path inside the folder: no '..', no absolute path, no drive, no '\\'."""
+    p = PurePosixPath(rel)
+    return (bool(rel) and "\\" not in rel and not p.is_absolute() and not PureWindowsPath(rel).drive
+            and ".." not in p.parts and "." not in rel.split("/") and "" not in rel.split("/"))
+
+
+def _recorded_hashes(config: dict, cfg_path: Path) -> dict[str, str] | None:
+    if "files" not in config:
+        logger.warning("%s records no SHA-256 of the bundle's files (it was written before they were): "
+                       "its integrity cannot be checked", cfg_path)
+        return None
+    files = _need(config, "files", dict, cfg_path)
+    for rel, digest in files.items():
+        if not _safe_relative(rel):
+            raise DataFormatError(cfg_path, "files", f"lists {rel!r:.80}, which is not a path inside the bundle")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise DataFormatError(cfg_path, "files", f"the SHA-256 of {rel} must be 64 hexadecimal digits, got {digest!r:.80}")
+    return files
+
+
+def _read_json(files: _Files, rel: str) -> Any:
+    path = files.root / rel
+    data = files.read(rel, limit=_MAX_JSON_BYTES)
     try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise DataFormatError(path, None, "missing") from None
-    except (SafetensorError, OSError, ValueError) as err:
+        return json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise DataFormatError(path, None, f"not valid JSON ({type(err).__name__}: {str(err)[:200]})") from None
+
+
+def _read_tensors(files: _Files, rel: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = files.root / rel
+    data = files.read(rel)
+    try:
+        return load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as err:
         raise DataFormatError(path, None, f"unreadable ({err})") from None
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load and validate a bundle folder; errors name the file and the field at fault."""
+def _check_config(config: dict, cfg_path: Path) -> tuple[dict, int, int, float, PreprocessingSpec]:
+    """The fields of bundle.json: (encoder, proj_dim, feature_dim, temperature, spec)."""
+    from .datasets import SOURCES
     from .encoders import list_encoders
-    from .model import BrainEmbedder
+    from .vision import POOLINGS
 
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        raise DataFormatError(path, None, "bundle folder not found")
-    cfg_path = path / "bundle.json"
-    try:
-        config = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise DataFormatError(cfg_path, None, "missing (not a model bundle?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataFormatError(cfg_path, None, f"not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise DataFormatError(cfg_path, None, "must hold a JSON object")
     version = _need(config, "format_version", int, cfg_path)
     if version != BUNDLE_FORMAT:
         raise DataFormatError(cfg_path, "format_version", f"is {version}; this version reads format {BUNDLE_FORMAT}")
     enc = dict(_need(config, "encoder", dict, cfg_path))
     if enc.get("name") not in list_encoders():
-        raise DataFormatError(cfg_path, "encoder.name", f"unknown encoder {enc.get('name')!r} (known: {', '.join(list_encoders())})")
-    positive_int = lambda v: v > 0  # noqa: E731
-    proj_dim = _need(config, "proj_dim", int, cfg_path, check=positive_int, problem="must be positive")
-    feature_dim = _need(config, "feature_dim", int, cfg_path, check=positive_int, problem="must be positive")
+        raise DataFormatError(cfg_path, "encoder.name", f"unknown encoder {enc.get('name')!r:.60} (known: {', '.join(list_encoders())})")
+    positive = lambda v: v > 0  # noqa: E731
+    non_negative = lambda v: v >= 0  # noqa: E731
+    proj_dim = _need(config, "proj_dim", int, cfg_path, check=positive, problem="must be positive")
+    feature_dim = _need(config, "feature_dim", int, cfg_path, check=positive, problem="must be positive")
     backbone = _need(config, "backbone", dict, cfg_path)
     if not isinstance(backbone.get("name"), str) or not backbone["name"]:
         raise DataFormatError(cfg_path, "backbone.name", "must be a non-empty string")
+    for key in ("weights", "weights_id", "preprocessing_id"):
+        _optional(backbone, key, str, cfg_path, f"backbone.{key}")
+    for key in ("image_size", "n_layers", "n_params"):
+        _optional(backbone, key, int, cfg_path, f"backbone.{key}", check=non_negative, problem="must be >= 0")
     _need(config, "layer", (int, str), cfg_path, check=lambda v: v == "final" or (isinstance(v, int) and v >= 0),
-                  problem="must be a non-negative block index or 'final'")
-    _need(config, "pooling", str, cfg_path)
-    temperature = float(_need(config, "temperature", (int, float), cfg_path,
-                              check=lambda v: math.isfinite(v) and v > 0, problem="must be a positive number"))
+          problem="must be a non-negative block index or 'final'")
+    _need(config, "pooling", str, cfg_path, check=lambda v: v in POOLINGS, problem=f"must be one of {', '.join(POOLINGS)}")
+    lo, hi = TEMPERATURE_RANGE
+    temperature = float(_need(config, "temperature", (int, float), cfg_path, check=lambda v: math.isfinite(v) and lo <= v <= hi,
+                              problem=f"must be a number in {lo:g}..{hi:g} (the range training produces), "
+                                      f"got {config.get('temperature')!r:.60}"))
     spec = PreprocessingSpec.from_dict(_need(config, "preprocessing", dict, cfg_path), source=cfg_path)
     if not spec.channels:
         raise DataFormatError(cfg_path, "preprocessing.channels", "must list the model's channels")
-    for key in ("provenance", "metrics"):
-        _need(config, key, dict, cfg_path)
+    provenance = _need(config, "provenance", dict, cfg_path)
+    _optional(provenance, "source", str, cfg_path, "provenance.source", check=lambda v: v in SOURCES,
+              problem=f"must be one of {', '.join(SOURCES)}")
+    metrics = _need(config, "metrics", dict, cfg_path)
+    _optional(metrics, "n_way", int, cfg_path, "metrics.n_way", check=positive, problem="must be positive")
+    for key in ("averaged", "single_trial"):
+        part = _optional(metrics, key, dict, cfg_path, f"metrics.{key}")
+        for k in ("top1", "top5"):
+            if part is not None:
+                _optional(part, k, (int, float), cfg_path, f"metrics.{key}.{k}")
     if enc.get("n_chans") != len(spec.channels):
-        raise DataFormatError(cfg_path, "encoder.n_chans", f"is {enc.get('n_chans')} but the spec has {len(spec.channels)} channels")
+        raise DataFormatError(cfg_path, "encoder.n_chans", f"is {enc.get('n_chans')!r:.20} but the spec has {len(spec.channels)} channels")
     if enc.get("n_times") != spec.n_times:
-        raise DataFormatError(cfg_path, "encoder.n_times", f"is {enc.get('n_times')} but the spec gives {spec.n_times} samples")
+        raise DataFormatError(cfg_path, "encoder.n_times", f"is {enc.get('n_times')!r:.20} but the spec gives {spec.n_times} samples")
+    return enc, proj_dim, feature_dim, temperature, spec
 
-    try:
-        brain = BrainEmbedder({k: v for k, v in enc.items()}, proj_dim)
-    except (TypeError, ValueError) as err:
-        raise DataFormatError(cfg_path, "encoder", f"cannot build the encoder ({err})") from None
-    weights_path = path / "encoder.safetensors"
-    tensors = _read_tensors(weights_path)
-    brain_state = {k[len("brain."):]: v for k, v in tensors.items() if k.startswith("brain.")}
-    expected = brain.state_dict()
-    missing = sorted(set(expected) - set(brain_state))
-    unexpected = sorted(set(brain_state) - set(expected))
+
+def _check_weights(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path, prefix: str) -> None:
+    """``tensors`` (names without ``prefix``) have exactly the names, shapes and dtypes of
+    ``expected`` and finite values."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise DataFormatError(weights_path, (missing or unexpected)[0],
+        raise DataFormatError(path, prefix + (missing or unexpected)[0],
                               f"weights do not match the encoder ({len(missing)} missing, {len(unexpected)} unexpected)")
-    for k, v in brain_state.items():
+    for k, v in tensors.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise DataFormatError(weights_path, k, f"has shape {tuple(v.shape)}, the encoder needs {tuple(expected[k].shape)}")
+            raise DataFormatError(path, prefix + k, f"has shape {tuple(v.shape)}, the encoder needs {tuple(expected[k].shape)}")
+        if v.dtype != expected[k].dtype:
+            raise DataFormatError(path, prefix + k, f"is {v.dtype}, the encoder needs {expected[k].dtype}")
         if v.is_floating_point() and not torch.isfinite(v).all():
-            raise DataFormatError(weights_path, k, "has non-finite values")
-    brain.load_state_dict(brain_state)
-    brain.eval()
-    image_state = {k[len("image_projector."):]: v for k, v in tensors.items() if k.startswith("image_projector.")}
-    if image_state and tuple(image_state.get("weight", torch.empty(0)).shape) != (proj_dim, feature_dim):
-        raise DataFormatError(weights_path, "image_projector.weight", f"must be ({proj_dim}, {feature_dim})")
+            raise DataFormatError(path, prefix + k, "has non-finite values")
 
-    gal_path = path / "gallery.safetensors"
-    gal = _read_tensors(gal_path)
+
+def _load_brain(enc: dict, proj_dim: int, tensors: dict[str, torch.Tensor], cfg_path: Path, weights_path: Path):
+    """The brain encoder with the file's weights.  It is first built without memory
+    (``meta`` device): sizes in bundle.json that the weights do not match are refused
+    before anything that large is allocated."""
+    from .model import BrainEmbedder
+
+    brain_state = {k[len("brain."):]: v for k, v in tensors.items() if k.startswith("brain.")}
+    try:
+        with torch.device("meta"):
+            skeleton = BrainEmbedder(enc, proj_dim)
+    except (TypeError, ValueError, ArithmeticError, RuntimeError, KeyError) as err:
+        raise DataFormatError(cfg_path, "encoder", f"cannot build the encoder ({err})") from None
+    _check_weights(brain_state, skeleton.state_dict(), weights_path, "brain.")
+    brain = BrainEmbedder(enc, proj_dim)
+    brain.load_state_dict(brain_state)
+    return brain.eval()
+
+
+def _load_image_projector(tensors: dict[str, torch.Tensor], proj_dim: int, feature_dim: int, path: Path) -> dict:
+    state = {k[len("image_projector."):]: v for k, v in tensors.items() if k.startswith("image_projector.")}
+    if state:
+        expected = {"weight": torch.empty(proj_dim, feature_dim, device="meta"),
+                    "bias": torch.empty(proj_dim, device="meta")}
+        _check_weights(state, expected, path, "image_projector.")
+    return state
+
+
+def _load_gallery(files: _Files, proj_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    gal_path = files.root / "gallery.safetensors"
+    gal = _read_tensors(files, "gallery.safetensors")
     for key in ("embeddings", "ids"):
         if key not in gal:
             raise DataFormatError(gal_path, key, "missing")
-    emb = gal["embeddings"].float().numpy()
+    for key in sorted(set(gal) - {"embeddings", "ids"}):
+        raise DataFormatError(gal_path, key, "unexpected tensor (a gallery holds 'embeddings' and 'ids')")
+    if gal["embeddings"].dtype not in (torch.float32, torch.float64):
+        raise DataFormatError(gal_path, "embeddings", f"is {gal['embeddings'].dtype}, must be float32")
+    if gal["ids"].dtype not in (torch.int64, torch.int32):
+        raise DataFormatError(gal_path, "ids", f"is {gal['ids'].dtype}, must be int64 (stimulus codes)")
+    emb = gal["embeddings"].double().numpy()
     ids = gal["ids"].numpy().astype(np.int64)
     if emb.ndim != 2 or emb.shape[1] != proj_dim or emb.shape[0] == 0:
         raise DataFormatError(gal_path, "embeddings", f"must be (N, {proj_dim}) with N > 0, got {tuple(emb.shape)}")
     if not np.isfinite(emb).all():
         raise DataFormatError(gal_path, "embeddings", "has non-finite values")
+    norms = np.linalg.norm(emb, axis=1)
+    if not (norms > 1e-12).all():
+        raise DataFormatError(gal_path, "embeddings", f"row {int(np.argmin(norms))} is all zeros")
     if ids.shape != (emb.shape[0],):
         raise DataFormatError(gal_path, "ids", f"must have {emb.shape[0]} entries, got shape {ids.shape}")
+    out_of_range = (ids < ID_RANGE[0]) | (ids > ID_RANGE[1])
+    if out_of_range.any():
+        raise DataFormatError(gal_path, "ids", f"id {int(ids[out_of_range][0])} does not fit an int32 marker "
+                                               f"({ID_RANGE[0]}..{ID_RANGE[1]})")
     if len(np.unique(ids)) != len(ids):
         raise DataFormatError(gal_path, "ids", "has duplicates")
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return (emb / norms[:, None]).astype(np.float32), ids
 
-    gj_path = path / "gallery.json"
-    try:
-        gj = json.loads(gj_path.read_text())
-    except FileNotFoundError:
-        raise DataFormatError(gj_path, None, "missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataFormatError(gj_path, None, f"not valid JSON ({err})") from None
+
+def _thumbnail(value: str, i: int, files: _Files, gj_path: Path) -> str:
+    """A gallery item's thumbnail: '' or a file under thumbnails/ that stays inside it."""
+    if value == "":
+        return value
+    where = f"items[{i}].thumbnail"
+    if not _safe_relative(value) or PurePosixPath(value).parts[0] != THUMBNAIL_DIR or len(PurePosixPath(value).parts) < 2:
+        raise DataFormatError(gj_path, where, f"must be a file under {THUMBNAIL_DIR}/ in the bundle, got {value!r:.80}")
+    path = files.root / value
+    if not path.is_file():
+        raise DataFormatError(path, where, "thumbnail file missing")
+    real = path.resolve()
+    if not real.is_relative_to(files.root.resolve() / THUMBNAIL_DIR):
+        raise DataFormatError(gj_path, where, f"{value!r} leads outside the bundle's {THUMBNAIL_DIR}/ folder (to {real})")
+    files.verify(value)
+    return value
+
+
+def _load_items(files: _Files, ids: np.ndarray) -> list[GalleryItem]:
+    gj_path = files.root / "gallery.json"
+    gj = _read_json(files, "gallery.json")
     raw_items = gj.get("items") if isinstance(gj, dict) else None
     if not isinstance(raw_items, list) or len(raw_items) != len(ids):
         raise DataFormatError(gj_path, "items", f"must be a list of {len(ids)} entries (one per gallery embedding)")
@@ -311,16 +535,45 @@ def load_bundle(path: str | Path) -> Bundle:
     for i, it in enumerate(raw_items):
         if not isinstance(it, dict):
             raise DataFormatError(gj_path, f"items[{i}]", "must be an object")
-        try:
-            item = GalleryItem(id=int(it["id"]), concept=str(it["concept"]), file=str(it["file"]), thumbnail=str(it["thumbnail"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise DataFormatError(gj_path, f"items[{i}]", f"needs id, concept, file and thumbnail ({err})") from None
-        if item.id != ids[i]:
-            raise DataFormatError(gj_path, f"items[{i}].id", f"is {item.id} but gallery.safetensors has {ids[i]} there")
-        if item.thumbnail and not (path / item.thumbnail).is_file():
-            raise DataFormatError(path / item.thumbnail, f"items[{i}].thumbnail", "thumbnail file missing")
-        items.append(item)
-    return Bundle(path=path, config=config, spec=spec, brain=brain, gallery=emb.astype(np.float32), gallery_ids=ids,
+        for key, types in (("id", int), ("concept", str), ("file", str), ("thumbnail", str)):
+            _need(it, key, types, gj_path, name=f"items[{i}].{key}")
+        if it["id"] != ids[i]:
+            raise DataFormatError(gj_path, f"items[{i}].id", f"is {it['id']} but gallery.safetensors has {ids[i]} there")
+        items.append(GalleryItem(id=it["id"], concept=it["concept"], file=it["file"],
+                                 thumbnail=_thumbnail(it["thumbnail"], i, files, gj_path)))
+    return items
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and validate a bundle folder; errors name the file and the field at fault.
+
+    Every file is checked against the SHA-256 that ``bundle.json`` records for it before
+    it is used (a bundle without recorded hashes loads with a warning).  Thumbnails must
+    lie in the bundle's ``thumbnails/`` folder; sizes, dtypes, ids (int32 marker codes)
+    and the temperature (:data:`TEMPERATURE_RANGE`) are checked."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise DataFormatError(path, None, "bundle folder not found")
+    cfg_path = path / "bundle.json"
+    if not cfg_path.exists():
+        raise DataFormatError(cfg_path, None, "missing (not a model bundle?)")
+    config = _read_json(_Files(path, cfg_path, None), "bundle.json")
+    if not isinstance(config, dict):
+        raise DataFormatError(cfg_path, None, "must hold a JSON object")
+    enc, proj_dim, feature_dim, temperature, spec = _check_config(config, cfg_path)
+    files = _Files(path, cfg_path, _recorded_hashes(config, cfg_path))
+
+    weights_path = path / "encoder.safetensors"
+    tensors = _read_tensors(files, "encoder.safetensors")
+    other = sorted(k for k in tensors if not k.startswith(("brain.", "image_projector.")))
+    if other:
+        raise DataFormatError(weights_path, other[0], "unexpected tensor (the file holds 'brain.*' and 'image_projector.*')")
+    brain = _load_brain(enc, proj_dim, tensors, cfg_path, weights_path)
+    image_state = _load_image_projector(tensors, proj_dim, feature_dim, weights_path)
+    emb, ids = _load_gallery(files, proj_dim)
+    items = _load_items(files, ids)
+    files.verify_rest()
+    return Bundle(path=path, config=config, spec=spec, brain=brain, gallery=emb, gallery_ids=ids,
                   items=items, temperature=temperature, image_projector_state=image_state)
 
 
@@ -343,29 +596,33 @@ def retarget_bundle(
     default to 1..N (the marker codes the app will match), ``concepts`` to each file's
     parent folder name.
     """
+    from ._io import atomic_write_bytes
     from .config import layer_key
+    from .data.images import open_rgb
     from .errors import BCIError
+    from .model import normalised_embedding
     from .vision import extract_features, load_backbone
 
     bundle = load_bundle(bundle_path)
     out = Path(out).expanduser()
     if out.resolve() == bundle.path.resolve():
-        raise ValueError("out must be a new folder, not the bundle itself")
+        raise UsageError(f"out must be a new folder, not the bundle itself ({out})")
     paths = [Path(p) for p in images]
     if not paths:
-        raise ValueError("images: no image files given")
+        raise UsageError("images: no image files given")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise DataFormatError(missing[0], None, "image file not found")
-    ids = list(range(1, len(paths) + 1)) if ids is None else [int(i) for i in ids]
-    concepts = [p.parent.name for p in paths] if concepts is None else list(concepts)
-    if len(ids) != len(paths) or len(concepts) != len(paths) or len(set(ids)) != len(ids):
-        raise ValueError("ids and concepts must give one unique id and one concept per image")
+    ids = list(range(1, len(paths) + 1)) if ids is None else _check_gallery_ids(list(ids))
+    concepts = [p.parent.name for p in paths] if concepts is None else [str(c) for c in concepts]
+    if len(ids) != len(paths) or len(concepts) != len(paths):
+        raise UsageError(f"ids and concepts must give one id and one concept per image ({len(paths)} images, "
+                         f"{len(ids)} ids, {len(concepts)} concepts)")
     if not bundle.image_projector_state:
         raise DataFormatError(bundle.path / "encoder.safetensors", "image_projector", "missing: this bundle cannot be re-targeted")
     info = bundle.config["backbone"]
     size = info.get("image_size") or 0
-    backbone = load_backbone(info["name"], weights or info.get("weights", "hub"), device=device, seed=0,
+    backbone = load_backbone(info["name"], weights or info.get("weights") or "hub", device=device, seed=0,
                              model_kwargs={"img_size": size} if size else None)
     if info.get("weights_id") and backbone.weights_id != info["weights_id"]:
         raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
@@ -379,13 +636,13 @@ def retarget_bundle(
     except RuntimeError as err:
         raise DataFormatError(bundle.path / "encoder.safetensors", "image_projector", f"does not fit the features ({err})") from None
     with torch.inference_mode():
-        emb = torch.nn.functional.normalize(projector(torch.from_numpy(feats)), dim=1)
+        emb = normalised_embedding(projector, torch.from_numpy(feats))
+    # the encoder as loaded: the bytes are checked against the hash the bundle recorded
+    weights_bytes = _Files(bundle.path, bundle.path / "bundle.json", bundle.config.get("files")).read("encoder.safetensors")
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(bundle.path / "encoder.safetensors", out / "encoder.safetensors")
-    from .data.images import open_rgb
-
-    _write_gallery(out, emb, ids, concepts, [str(p) for p in paths], [(lambda p=p: open_rgb(p)) for p in paths])
-    config = dict(bundle.config)
+    atomic_write_bytes(out / "encoder.safetensors", weights_bytes)
+    written = _write_gallery(out, emb, ids, concepts, [str(p) for p in paths], [(lambda p=p: open_rgb(p)) for p in paths])
+    config = {k: v for k, v in bundle.config.items() if k != "files"}
     config["provenance"] = dict(config.get("provenance", {}), retargeted_from=str(bundle.path), gallery_images=len(paths))
-    atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
+    _write_config(out, config, ["encoder.safetensors", *written])
     return out

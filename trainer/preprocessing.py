@@ -7,17 +7,31 @@ the offline pipeline (no continuous-filter state that depends on when a stream w
 
 1. pick the spec's channels **by name**, in the spec's order;
 2. take the raw window ``[t0, tmax + right pad)`` around the onset, where ``t0`` lies
-   ``pad`` seconds before the earliest sample needed (baseline start or ``tmin``);
+   ``pad`` seconds (at least the resampling kernel's half-length) before the earliest
+   sample needed (baseline start or ``tmin``), and the right pad is the kernel's half-length;
 3. band-pass with a causal Butterworth filter (designed by MNE, second-order sections)
    started in its steady state for the window's first sample, so the pad lets it settle;
-4. resample to ``sfreq`` with a polyphase filter (scipy), the window aligned so that output
-   samples fall exactly on ``tmin + k / sfreq``;
+4. resample to ``sfreq`` by band-limited interpolation: each output sample is computed at
+   its exact time ``tmin + k / sfreq`` after the onset (see :func:`_resampler`), whatever
+   the input rate (1000, 2048, 499.907 Hz...);
 5. subtract the mean of the baseline interval, crop to ``[tmin, tmax)``;
 6. optionally z-score each channel with statistics fitted on training data.
 
 The band-pass is causal because an online decoder cannot see the future; offline uses the
 same causal filter (train as you decode).  This differs from the paper's zero-phase
 filtering by a small phase lag, learned by the encoder like any other feature.
+
+Resampling evaluates, at each output time, the anti-aliasing kernel that
+``scipy.signal.resample_poly`` designs (a Kaiser-windowed sinc, beta 5, cut off at the lower
+of the two Nyquist frequencies, ten zero crossings on each side).  A polyphase filter needs
+the ratio of the rates as a fraction ``up / down``: its filter grows with ``max(up, down)``
+(2048 -> 250 Hz is 125 / 1024; 499.907 -> 250 Hz is 250000 / 499907) and its output grid
+only meets ``tmin + k / sfreq`` when the window starts on a multiple of ``down`` samples.
+Evaluating the kernel at the exact output times has neither limit: the cost of an epoch
+depends on the two rates, not on how their ratio reduces (about ``20 * max(1, sfreq_in /
+sfreq)`` input samples per output sample), and the output times are exact up to the
+float64 rounding of ``(tmin + k / sfreq) * sfreq_in`` (far below 1e-9 of an input sample).
+For an integer decimation (1000 -> 250 Hz) the result is the one ``resample_poly`` gives.
 """
 
 from __future__ import annotations
@@ -25,14 +39,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, replace
-from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import scipy.signal
 
-from .errors import DataFormatError
+from .errors import DataFormatError, UsageError
 from .montage import OCCIPITO_PARIETAL_PATTERN
 
 __all__ = ["PreprocessingSpec", "select_channels"]
@@ -65,7 +78,7 @@ def select_channels(
         try:
             regex = re.compile(channels)
         except re.error as err:
-            raise ValueError(f"channels: invalid regular expression {channels!r} ({err})") from None
+            raise UsageError(f"channels: invalid regular expression {channels!r} ({err})") from None
         idx = [i for i, name in enumerate(ch_names) if regex.match(name)]
         if not idx:
             raise DataFormatError(source, "ch_names", f"no channel matches {channels!r} (channels: {', '.join(ch_names)})")
@@ -102,11 +115,62 @@ def _design_sos(sfreq_in: float, l_freq: float | None, h_freq: float | None, ord
     return np.asarray(params["sos"], dtype=np.float64)
 
 
-def _ratio(sfreq_in: float, sfreq_out: float) -> tuple[int, int]:
-    frac = Fraction(sfreq_out / sfreq_in).limit_denominator(1000)
-    if abs(float(frac) - sfreq_out / sfreq_in) > 1e-9:
-        raise ValueError(f"cannot resample from {sfreq_in} Hz to {sfreq_out} Hz with a rational ratio")
-    return frac.numerator, frac.denominator
+#: the resampling kernel: scipy.signal.resample_poly's Kaiser window and its half-length in
+#: zero crossings of the sinc
+_KAISER_BETA = 5.0
+_ZERO_CROSSINGS = 10
+#: output samples resampled together with one matrix product (bounds the zeros multiplied)
+_BLOCK = 32
+
+
+def _check_rate(sfreq_in: Any) -> float:
+    if isinstance(sfreq_in, (bool, np.bool_)) or not isinstance(sfreq_in, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(sfreq_in) or sfreq_in <= 0:
+        raise UsageError(f"sfreq_in must be a finite sampling rate > 0 (Hz), got {sfreq_in!r}")
+    return float(sfreq_in)
+
+
+def _half_width(sfreq_in: float, sfreq_out: float) -> float:
+    """Half-length of the resampling kernel, in input samples (0: no resampling)."""
+    if sfreq_in == sfreq_out:
+        return 0.0
+    return _ZERO_CROSSINGS * max(1.0, sfreq_in / sfreq_out)
+
+
+@lru_cache(maxsize=32)
+def _resampler(sfreq_in: float, sfreq_out: float, first: float, n_out: int, start: int, n_in: int) -> tuple:
+    """Blocks ``(j0, j1, k0, k1, weights (j1 - j0, k1 - k0))``: output samples ``k0..k1-1``
+    are ``window[..., j0:j1] @ weights`` for a window of ``n_in`` samples.
+
+    Output ``k`` lies at ``first + k / sfreq_out`` seconds from the onset, i.e. at the
+    fractional input position ``tau_k = first * sfreq_in + k * sfreq_in / sfreq_out -
+    start`` of a window that starts ``start`` samples from the onset.  Its weights are the
+    kernel ``sinc(r u) * kaiser(u / half)`` at the distances ``u = tau_k - j`` to the input
+    samples ``j`` (``r = min(1, sfreq_out / sfreq_in)``, ``half = 10 / r``), divided by their
+    sum so that a constant passes unchanged.  For ``sfreq_in = m * sfreq_out`` these are
+    exactly the taps of ``scipy.signal.resample_poly(x, 1, m)``.
+    """
+    ratio = sfreq_in / sfreq_out
+    r = min(1.0, sfreq_out / sfreq_in)
+    half = _half_width(sfreq_in, sfreq_out)
+    tau = first * sfreq_in - start + np.arange(n_out) * ratio
+    norm = float(np.i0(_KAISER_BETA))
+    blocks = []
+    for k0 in range(0, n_out, _BLOCK):
+        k1 = min(k0 + _BLOCK, n_out)
+        # the samples strictly within the kernel (rounded as window() rounds: a sample it
+        # leaves out lies within 1e-6 of the kernel's end, where its weight is ~1e-8)
+        j0 = max(0, math.floor(round(tau[k0] - half, 6)) + 1)
+        j1 = min(n_in, math.ceil(round(tau[k1 - 1] + half, 6)))
+        u = tau[k0:k1, None] - np.arange(j0, j1)[None, :]
+        inside = np.abs(u) < half
+        w = np.sinc(r * u) * np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (u / half) ** 2, 0.0, None))) / norm
+        w = np.where(inside, w, 0.0)
+        w /= w.sum(axis=1, keepdims=True)
+        weights = np.ascontiguousarray(w.T)
+        weights.setflags(write=False)
+        blocks.append((j0, j1, k0, k1, weights))
+    return tuple(blocks)
 
 
 @dataclass(frozen=True)
@@ -132,7 +196,8 @@ class PreprocessingSpec:
     filter_order : int
         Butterworth order of each edge.
     pad : float
-        Seconds of raw signal before the earliest needed sample, for the filter to settle.
+        Seconds of raw signal before the earliest needed sample, for the filter to settle
+        (the window always holds at least the resampling kernel's half-length there).
     norm_mean, norm_std : tuple of float | None
         Per-channel z-score statistics (fitted on training data), or None.
     """
@@ -296,16 +361,30 @@ class PreprocessingSpec:
     def times(self) -> np.ndarray:
         return self.tmin + np.arange(self.n_times) / self.sfreq
 
+    @property
+    def _first(self) -> float:
+        """The earliest time the epoch needs (baseline start or ``tmin``), on the output grid."""
+        return min(self.tmin, self.baseline[0]) if self.baseline is not None else self.tmin
+
+    @property
+    def _n_needed(self) -> int:
+        """Output samples from :attr:`_first` up to ``tmax`` (exclusive)."""
+        return int(round((self.tmax - self._first) * self.sfreq))
+
     def window(self, sfreq_in: float) -> tuple[int, int]:
         """The raw window needed at input rate ``sfreq_in``: (start offset from the onset
         sample, number of samples).  Online, an epoch is ready once the sample at
-        ``onset + start + n - 1`` has arrived."""
-        up, down = _ratio(sfreq_in, self.sfreq)
-        first = min(self.tmin, self.baseline[0]) if self.baseline is not None else self.tmin
-        start = -math.ceil(round((self.pad - first) * sfreq_in, 6) / down) * down
-        stop_out = round(self.tmax * self.sfreq)  # exclusive, in output samples from the onset
-        half = 0 if (up == 1 and down == 1) else math.ceil(10 * max(up, down) / up) + 1
-        stop = math.ceil(stop_out * down / up) + half
+        ``onset + start + n - 1`` has arrived.
+
+        The window holds ``pad`` seconds (at least the resampling kernel's half-length)
+        before the earliest needed time, and the kernel's half-length after the last output
+        sample."""
+        sfreq_in = _check_rate(sfreq_in)
+        half = _half_width(sfreq_in, self.sfreq)
+        first_pos = self._first * sfreq_in  # output sample 0, in input samples from the onset
+        last_pos = first_pos + (self._n_needed - 1) * (sfreq_in / self.sfreq)
+        start = math.floor(round(first_pos - max(self.pad * sfreq_in, half), 6))
+        stop = math.ceil(round(last_pos + half, 6)) if half else int(round(last_pos)) + 1
         return start, stop - start
 
     # -- application ------------------------------------------------------------------
@@ -325,6 +404,7 @@ class PreprocessingSpec:
         array, float32, shape (n_epochs, n_channels, n_times)
         """
         windows = np.asarray(windows)
+        sfreq_in = _check_rate(sfreq_in)
         start, n_in = self.window(sfreq_in)
         if windows.ndim != 3 or windows.shape[1] != len(self.channels) or windows.shape[2] != n_in:
             raise ValueError(
@@ -335,15 +415,21 @@ class PreprocessingSpec:
         if sos is not None and x.shape[0]:
             zi = scipy.signal.sosfilt_zi(sos)[:, None, None, :] * x[None, :, :, :1]
             x, _ = scipy.signal.sosfilt(sos, x, axis=-1, zi=zi)
-        up, down = _ratio(sfreq_in, self.sfreq)
-        if (up, down) != (1, 1):
-            x = scipy.signal.resample_poly(x, up, down, axis=-1, padtype="line")
-        # output sample k lies at start / sfreq_in + k / sfreq
-        t0 = start / sfreq_in
-        k_min = int(round((self.tmin - t0) * self.sfreq))
+        first, n_needed = self._first, self._n_needed
+        if sfreq_in == self.sfreq:  # output k is input sample first_pos + k: a slice
+            j0 = int(round(first * sfreq_in)) - start
+            x = x[..., j0 : j0 + n_needed]
+        else:
+            flat = x.reshape(-1, n_in)
+            y = np.empty((flat.shape[0], n_needed))
+            for j0, j1, k0, k1, weights in _resampler(sfreq_in, float(self.sfreq), first, n_needed, start, n_in):
+                y[:, k0:k1] = flat[:, j0:j1] @ weights
+            x = y.reshape(x.shape[:-1] + (n_needed,))
+        # output sample k lies at first + k / sfreq
+        k_min = int(round((self.tmin - first) * self.sfreq))
         if self.baseline is not None:
-            b0 = int(round((self.baseline[0] - t0) * self.sfreq))
-            b1 = int(math.floor((self.baseline[1] - t0) * self.sfreq + _EPS))
+            b0 = int(round((self.baseline[0] - first) * self.sfreq))
+            b1 = int(math.floor((self.baseline[1] - first) * self.sfreq + _EPS))
             x = x - x[..., b0 : b1 + 1].mean(axis=-1, keepdims=True)
         out = x[..., k_min : k_min + self.n_times]
         if self.norm_mean is not None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from trainer.data import THINGS_EEG2_CHANNELS
-from trainer.errors import DataFormatError
+from trainer.errors import DataFormatError, UsageError
 from trainer.preprocessing import NAMED_SPECS, PreprocessingSpec, select_channels
 
 CH = list(THINGS_EEG2_CHANNELS)
@@ -116,3 +116,94 @@ def test_select_channels():
         select_channels(CH, ["Oz", "XX"])
     with pytest.raises(ValueError, match="regular expression"):
         select_channels(CH, "([")
+
+
+# -- any input rate --------------------------------------------------------------------------
+
+RATES = [2048.0, 512.0, 2000.0, 1024.0, 500.0, 256.0, 200.0, 100.0, 499.907, 1000.5]
+
+
+def _band_limited(t):
+    """3-35 Hz (below every rate's Nyquist frequency) on a 3 mV offset, in volts."""
+    return 2e-5 * (np.sin(2 * np.pi * 3 * t) + 0.6 * np.sin(2 * np.pi * 9 * t + 1)
+                   + 0.4 * np.sin(2 * np.pi * 23 * t + 2) + 0.2 * np.sin(2 * np.pi * 35 * t)) + 3e-3
+
+
+def _epoch_at(spec, sfreq_in):
+    """One epoch of the same continuous signal sampled at ``sfreq_in``, the stimulus
+    onset on a sample (its time is 0)."""
+    onset = round(3.0 * sfreq_in)
+    t = (np.arange(int(6 * sfreq_in)) - onset) / sfreq_in
+    epochs, kept = spec.epochs_from_continuous(np.tile(_band_limited(t), (len(CH), 1)), sfreq_in, CH, [onset])
+    assert kept.all()
+    return epochs[0]
+
+
+@pytest.mark.parametrize("sfreq_in", RATES)
+def test_any_input_rate_gives_the_same_epoch(sfreq_in):
+    # no low-pass: a causal low-pass's phase lag depends on the input rate it is designed for
+    spec = PreprocessingSpec(h_freq=None)
+    ref = _epoch_at(spec, 1000.0)
+    out = _epoch_at(spec, sfreq_in)
+    assert out.shape == ref.shape == (17, 250)
+    # what differs is where the causal 0.1 Hz high-pass starts: the raw window begins on an
+    # input sample, so up to one input sample earlier at one rate than at another
+    assert np.abs(out - ref).max() < 2e-2 * np.abs(ref).max()
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9999
+
+
+def test_biosemi_2048_hz_gives_the_1000_hz_epoch_with_the_paper_spec():
+    spec = NAMED_SPECS["paper"]
+    ref, out = _epoch_at(spec, 1000.0), _epoch_at(spec, 2048.0)
+    assert np.abs(out - ref).max() < 1e-2 * np.abs(ref).max()
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.99995
+
+
+@pytest.mark.parametrize("sfreq_in", RATES + [250.0, 250.01])
+def test_output_samples_fall_on_the_epoch_times(sfreq_in):
+    """No filter, no baseline: the epoch is the signal at ``onset + times`` (up to the
+    resampling kernel's 0.2 % ripple); half an input sample off at 2048 Hz would be 5x that."""
+    spec = PreprocessingSpec(channels=("Oz",), l_freq=None, h_freq=None, baseline=None, tmin=-0.1, tmax=0.9)
+
+    def s(t):
+        return np.sin(2 * np.pi * 2 * t) + 0.5 * np.sin(2 * np.pi * 5 * t + 1)
+
+    x = s(np.arange(int(20 * sfreq_in)) / sfreq_in)[None]
+    onsets = np.array([int(3 * sfreq_in) + 7, int(9.5 * sfreq_in) + 3, int(15 * sfreq_in)])
+    epochs, kept = spec.epochs_from_continuous(x, sfreq_in, ["Oz"], onsets)
+    assert kept.all()
+    expected = s(onsets[:, None] / sfreq_in + spec.times[None, :])
+    assert np.abs(epochs[:, 0] - expected).max() < 2e-3
+
+
+def test_integer_decimation_is_resample_poly():
+    """1000 -> 250 Hz gives what scipy.signal.resample_poly gives (the epochs of bundles
+    trained before any rate was accepted are unchanged)."""
+    import scipy.signal
+
+    spec = PreprocessingSpec(channels=("Oz", "Pz"), l_freq=None, h_freq=None, baseline=None)
+    start, n = spec.window(1000.0)
+    windows = np.random.default_rng(3).standard_normal((4, 2, n))
+    poly = scipy.signal.resample_poly(windows, 1, 4, axis=-1, padtype="line")
+    k0 = round((spec.tmin - start / 1000.0) * 250)  # resample_poly's output k lies at start / 1000 + k / 250
+    np.testing.assert_allclose(spec.apply(windows, 1000.0), poly[..., k0:k0 + spec.n_times], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sfreq_in", RATES)
+def test_raw_window_grows_with_the_rate_only(sfreq_in):
+    """The window is the pad, the epoch and the kernel's half-length on each side, however
+    the ratio of the rates reduces (a polyphase filter for 499.907 -> 250 Hz would need
+    5 million taps and a window on a multiple of 499 907 samples)."""
+    spec = PreprocessingSpec()
+    start, n = spec.window(sfreq_in)
+    half = 10 * max(1.0, sfreq_in / spec.sfreq)
+    first = -0.2  # the baseline start
+    assert start <= (first - spec.pad) * sfreq_in and start + n >= (spec.tmax - 1 / spec.sfreq) * sfreq_in + half - 1
+    assert n <= (spec.tmax - first + spec.pad) * sfreq_in + 2 * half + 3
+
+
+@pytest.mark.parametrize("sfreq_in", [0, -1000.0, float("nan"), float("inf"), "1000", True])
+def test_bad_input_rate_is_a_usage_error(sfreq_in):
+    spec = PreprocessingSpec().resolve(CH)
+    with pytest.raises(UsageError, match="sfreq_in"):
+        spec.window(sfreq_in)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from ..errors import DataFormatError
 from .safe_npy import load_npy_dict
 from .things_eeg2 import CATCH_CODE, PREPROCESSED_KEYS, RAW_KEYS, ThingsEEG2, check_preprocessed_dict, check_raw_dict
 
@@ -19,11 +20,17 @@ def describe(ds: ThingsEEG2) -> str:
     lines = [f"data folder: {ds.root}"]
     synth = ds.root / "synth.json"
     if synth.is_file():
-        info = json.loads(synth.read_text())
+        try:
+            info = json.loads(synth.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:
+            raise DataFormatError(synth, None, f"unreadable ({type(err).__name__}: {str(err)[:200]})") from None
+        if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
+            raise DataFormatError(synth, None, "must hold a JSON object with a 'config' object")
         lines.append(f"  synthetic (preset {info.get('preset')}, seed {info.get('config', {}).get('seed')}, units {info.get('units')})")
     for part in ("training", "test"):
         images = ds.image_set(part)
-        lines.append(f"  {part} images: {len(images)} in {images.n_concepts} concepts  (e.g. {images.path(0).relative_to(ds.root)})")
+        example = f"  (e.g. {images.path(0).relative_to(ds.root)})" if len(images) else ""
+        lines.append(f"  {part} images: {len(images)} in {images.n_concepts} concepts{example}")
     subjects = ds.subjects()
     lines.append(f"  subjects: {', '.join(f'sub-{s:02d}' for s in subjects) or 'none'}")
     for s in subjects:

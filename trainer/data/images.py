@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._checks import check_option
 from ..errors import DataFormatError
 from .safe_npy import load_npy_dict, save_npy_dict
 
@@ -138,8 +139,7 @@ def load_image_set(root: str | Path, partition: str, *, check_files: bool = True
     and the ``{partition}_images`` folder).  With ``check_files``, every listed file must
     exist and every image file in the folder must be listed."""
     root = Path(root)
-    if partition not in _PREFIX:
-        raise ValueError(f"partition must be 'training' or 'test', got {partition!r}")
+    check_option(partition, _PREFIX, "partition")
     meta_path = root / "image_metadata.npy"
     meta = read_image_metadata(meta_path)
     prefix = _PREFIX[partition]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_type
+from ..errors import UsageError
 
 __all__ = ["validation_split"]
 
@@ -38,11 +39,12 @@ def validation_split(
         raise ValueError(f"concept_index must be a non-empty 1-D array, got shape {concept_index.shape}")
     check_type(fraction, (int, float), "fraction")
     if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be between 0 and 1, got {fraction!r}")
+        raise UsageError(f"fraction must be between 0 and 1, got {fraction!r}")
     concepts = np.unique(concept_index)
     n_val = int(np.clip(round(fraction * len(concepts)), min_concepts, max_concepts))
     if n_val >= len(concepts):
-        raise ValueError(f"cannot hold out {n_val} of {len(concepts)} concepts for validation")
+        raise UsageError(f"cannot hold out {n_val} of {len(concepts)} training concepts for validation "
+                         f"(fraction {fraction:g}, at least {min_concepts}): the training set needs more concepts")
     held = np.random.default_rng(seed).choice(concepts, size=n_val, replace=False)
     is_val = np.isin(concept_index, held)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)

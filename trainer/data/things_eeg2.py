@@ -7,7 +7,8 @@
   ``raw_eeg_data`` (channels+1 x samples, last row ``stim``), ``ch_names``, ``ch_types``,
   ``sfreq``, ``highpass``, ``lowpass``.
 
-Stim codes: training image index 1..16540, test 1..200, catch/target trials 99999.
+Stim codes: training image index 1..16540, test 1..200, catch/target trials 99999; every
+code must fit a 32-bit LSL marker (``bci-replay`` sends them as ``int32``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DataFormatError
+from ..errors import DataFormatError, UsageError, UsageTypeError
 from ..preprocessing import PreprocessingSpec
 from .safe_npy import load_npy_dict, save_npy_dict
 from .trials import TrialSet
@@ -50,6 +51,8 @@ CATCH_CODE = 99999
 PARTITIONS = ("training", "test")
 PREPROCESSED_KEYS = ("preprocessed_eeg_data", "ch_names", "times")
 RAW_KEYS = ("raw_eeg_data", "ch_names", "ch_types", "sfreq")
+#: the largest stim code: markers travel as int32 over LSL
+MAX_CODE = 2**31 - 1
 
 
 def partition_of(path: str | Path) -> str:
@@ -102,23 +105,71 @@ def check_preprocessed_dict(d: dict, path: Path) -> tuple[np.ndarray, tuple[str,
     return data, ch_names, times, _sfreq_from_times(times, path)
 
 
+def _check_raw_dtype(data: Any, path: Path) -> np.ndarray:
+    """``raw_eeg_data`` as a 2-D float32/float64 array, or a DataFormatError saying why not.
+
+    Raw EEG is in volts (microvolt-sized values) with the stim codes in the same array, so
+    only float32 and float64 hold both: float16 keeps about 3 significant digits and cannot
+    represent every code above 2048; integers cannot hold volts (and int8/int16 not the
+    catch code 99999); bool, complex, object and other dtypes are not samples at all.
+    """
+    if not isinstance(data, np.ndarray) or data.ndim != 2:
+        got = f"shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataFormatError(path, "raw_eeg_data", f"must be a 2-D array (channels x samples), got {got}")
+    dtype = data.dtype
+    if dtype.kind == "f" and dtype.itemsize in (4, 8):
+        return data
+    if dtype.kind == "f" and dtype.itemsize == 2:
+        why = "too coarse for EEG (about 3 significant digits) and for stim codes (not every integer above 2048 exists)"
+    elif dtype.kind in "iu":
+        why = "raw EEG is stored in volts, which integers cannot hold"
+    else:
+        why = "not real-valued samples"
+    raise DataFormatError(path, "raw_eeg_data", f"is {dtype.name}: {why}; store float32 or float64")
+
+
+def _check_stim(stim: np.ndarray, path: Path) -> None:
+    """The stim row: finite, non-negative integer codes that fit an int32 LSL marker."""
+    stim = np.asarray(stim, dtype=np.float64)
+    bad = ~np.isfinite(stim)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataFormatError(path, "raw_eeg_data", f"row 'stim' has non-finite values ({stim[i]} at sample {i}, "
+                                                    f"{int(bad.sum())} in all)")
+    bad = (stim != np.round(stim)) | (stim < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataFormatError(path, "raw_eeg_data", f"row 'stim' must hold non-negative integer codes "
+                                                    f"(sample {i} holds {stim[i]!r})")
+    bad = stim > MAX_CODE
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataFormatError(path, "raw_eeg_data", f"row 'stim' has code {stim[i]:.0f} at sample {i}, which does not "
+                                                    f"fit a 32-bit LSL marker (codes must be at most {MAX_CODE})")
+
+
 def check_raw_dict(d: dict, path: Path) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], float]:
-    """Validate the fields of a raw session's dict: (data, ch_names, ch_types, sfreq)."""
-    data = d["raw_eeg_data"]
-    if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu" or data.ndim != 2:
-        got = getattr(data, "shape", type(data).__name__)
-        raise DataFormatError(path, "raw_eeg_data", f"must be a 2-D numeric array (channels x samples), got {got}")
+    """Validate the fields of a raw session's dict: (data, ch_names, ch_types, sfreq).
+
+    Checks the data's shape and dtype (float32 or float64), the names and types, the rate,
+    and the stim row (finite, non-negative integer codes that fit an int32 marker); it reads
+    the stim row only, so the EEG rows of a memory-mapped file stay on disk."""
+    data = _check_raw_dtype(d["raw_eeg_data"], path)
     ch_names = _names(d["ch_names"], path, "ch_names")
     ch_types = _names(d["ch_types"], path, "ch_types")
     if len(ch_names) != data.shape[0]:
         raise DataFormatError(path, "ch_names", f"has {len(ch_names)} names but raw_eeg_data has {data.shape[0]} rows")
     if len(ch_types) != len(ch_names):
         raise DataFormatError(path, "ch_types", f"has {len(ch_types)} types for {len(ch_names)} channels")
+    if len(set(ch_names)) != len(ch_names):
+        dup = sorted({n for n in ch_names if ch_names.count(n) > 1})
+        raise DataFormatError(path, "ch_names", f"has duplicate names: {', '.join(map(repr, dup[:5]))}")
     if "stim" not in ch_names:
-        raise DataFormatError(path, "ch_names", "has no 'stim' channel (the last row must hold the triggers)")
+        raise DataFormatError(path, "ch_names", "has no 'stim' channel (the row of the triggers, last in THINGS files)")
     rate = _number(d["sfreq"], path, "sfreq")
     if rate <= 0:
         raise DataFormatError(path, "sfreq", f"must be positive, got {rate}")
+    _check_stim(data[ch_names.index("stim")], path)
     return data, ch_names, ch_types, rate
 
 
@@ -191,7 +242,7 @@ class RawSession:
     raw : mne.io.RawArray
         All channels including ``stim``.
     events : array (n, 3)
-        MNE events of the image trials (sample, 0, image code 1..n_images).
+        MNE events of the image trials (sample, previous stim value, image code 1..n_images).
     catch_events : array (m, 3)
         Catch/target trials (code 99999), kept apart.
     partition : 'training' | 'test'
@@ -245,7 +296,8 @@ def read_raw_session(
     sfreq : float | None
         Expected sampling rate (1000 for THINGS-EEG2); another rate is refused.
     n_images : int | None
-        Number of images of the partition; stim codes above it are refused.
+        Number of images of the partition; stim codes above it (other than the catch code)
+        are refused.  Whatever it is, codes must fit an int32 marker.
     """
     import mne
 
@@ -262,13 +314,12 @@ def read_raw_session(
     except (ValueError, KeyError, TypeError) as err:
         raise DataFormatError(path, "ch_types", str(err)) from None
     values = np.asarray(data, dtype=np.float64)
-    eeg_rows = [i for i, n in enumerate(ch_names) if n != "stim"]
-    if not np.isfinite(values[eeg_rows]).all():
-        raise DataFormatError(path, "raw_eeg_data", "has non-finite values (NaN or Inf)")
+    finite = np.isfinite(values).all(axis=1)  # the stim row is known to be finite
+    if not finite.all():
+        bad = [ch_names[i] for i in np.flatnonzero(~finite)]
+        raise DataFormatError(path, "raw_eeg_data", f"has non-finite values (NaN or Inf) in channel(s) "
+                                                    f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
     raw = mne.io.RawArray(values, info, verbose="error")
-    stim = values[ch_names.index("stim")]
-    if np.any(stim != np.round(stim)) or np.any(stim < 0):
-        raise DataFormatError(path, "raw_eeg_data", "row 'stim' must hold non-negative integer codes")
     events = mne.find_events(raw, stim_channel="stim", shortest_event=1, consecutive=True, initial_event=True, verbose="error")
     catch = events[events[:, 2] == CATCH_CODE]
     events = events[events[:, 2] != CATCH_CODE]
@@ -429,23 +480,47 @@ class ThingsEEG2:
                 return candidate
         raise DataFormatError(self.root, "image_metadata.npy", "not found here or in image_set/")
 
-    def subjects(self, folder: str = "preprocessed_data") -> list[int]:
+    def _subject_numbers(self, base: str) -> set[int]:
+        """Subjects with a ``base/sub-XX`` folder (two or more digits, as THINGS names them)."""
         found = set()
-        for base in ("raw_data", folder):
-            for p in (self.root / base).glob("sub-*"):
-                m = re.fullmatch(r"sub-(\d+)", p.name)
-                if m and p.is_dir():
-                    found.add(int(m.group(1)))
-        return sorted(found)
+        for p in (self.root / base).glob("sub-*"):
+            m = re.fullmatch(r"sub-(\d+)", p.name)
+            if m and p.name == f"sub-{int(m.group(1)):02d}" and p.is_dir():
+                found.add(int(m.group(1)))
+        return found
+
+    def subjects(self, folder: str = "preprocessed_data") -> list[int]:
+        """Subjects with raw data or data in ``folder``, each may have only one of the two
+        (:meth:`raw_paths` and :meth:`preprocessed_path` say which is missing)."""
+        return sorted(self._subject_numbers("raw_data") | self._subject_numbers(folder))
 
     def _subject_dir(self, base: str, subject: int) -> Path:
-        if not isinstance(subject, (int, np.integer)) or subject < 1:
-            raise ValueError(f"subject must be a positive integer, got {subject!r}")
-        path = self.root / base / f"sub-{subject:02d}"
-        if not path.is_dir():
+        """``base/sub-XX``; when it is missing, the error names it and says where else the
+        subject has data (raw but no preprocessed data, or the other way round)."""
+        if isinstance(subject, bool) or not isinstance(subject, (int, np.integer)):
+            raise UsageTypeError(f"subject must be of type int, got {type(subject).__name__} ({subject!r:.80})")
+        if subject < 1:
+            raise UsageError(f"subject must be a positive integer, got {subject!r}")
+        name = f"sub-{subject:02d}"
+        path = self.root / base / name
+        if path.is_dir():
+            return path
+        kind = "raw data" if base == "raw_data" else "preprocessed data" if base == "preprocessed_data" else f"data in {base}/"
+        folders = ["raw_data"] + sorted(p.name for p in self.root.glob("preprocessed_data*") if p.is_dir())
+        elsewhere = [f for f in folders if f != base and (self.root / f / name).is_dir()]
+        if elsewhere:
+            has = ", ".join(f"{f}/{name}" for f in elsewhere)
+            if base == "raw_data":
+                hint = "train on its preprocessed files (--source preprocessed) or add its raw sessions"
+            elif "raw_data" in elsewhere:
+                hint = "epoch its raw sessions (--source raw) or add its preprocessed files"
+            else:
+                hint = "add its preprocessed files"
+            problem = f"missing (subject {subject} has {has} but no {kind}; {hint})"
+        else:
             have = self.subjects(base if base != "raw_data" else "preprocessed_data")
-            raise DataFormatError(path, None, f"subject {subject} not found (subjects here: {', '.join(map(str, have)) or 'none'})")
-        return path
+            problem = f"missing: subject {subject} not found (subjects here: {', '.join(map(str, have)) or 'none'})"
+        raise DataFormatError(path, None, problem)
 
     def preprocessed_path(self, subject: int, partition: str, folder: str = "preprocessed_data") -> Path:
         path = self._subject_dir(folder, subject) / f"preprocessed_eeg_{partition}.npy"

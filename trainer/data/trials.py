@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DataFormatError
+from ..errors import DataFormatError, UsageError
 from ..preprocessing import select_channels
 
 __all__ = ["TrialSet"]
@@ -30,6 +30,7 @@ class TrialSet:
         0-based index of each row's image in the partition's image set.
     source : str | None
         File the data came from (named in errors).
+    modality : 'eeg' | 'meg'
     """
 
     data: np.ndarray
@@ -94,7 +95,7 @@ class TrialSet:
         """
         n_rep = self.n_repetitions if repetitions is None else int(repetitions)
         if not 1 <= n_rep <= self.n_repetitions:
-            raise ValueError(f"repetitions must be 1..{self.n_repetitions}, got {repetitions!r}")
+            raise UsageError(f"repetitions must be 1..{self.n_repetitions}, got {repetitions!r}")
         out = np.empty((self.n_images, self.n_channels, self.n_times), dtype=np.float32)
         for i in range(0, self.n_images, chunk):
             out[i : i + chunk] = self.data[i : i + chunk, :n_rep].mean(axis=1, dtype=np.float64)

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .._checks import check_positive, check_type
+from .._checks import check_option, check_positive, check_type
 from ..data.images import write_image_metadata
 from ..data.things_eeg2 import (
     CATCH_CODE,
@@ -35,6 +35,7 @@ from ..data.things_eeg2 import (
     write_raw_array,
 )
 from ..data.things_meg import MEG_CATCH_CODE
+from ..errors import UsageError
 from ..montage import THINGS_EEG2_CHANNELS
 from ..preprocessing import NAMED_SPECS
 from .brain import UV, BrainModel, make_noise
@@ -154,12 +155,11 @@ def generate(
     elif preset in PRESETS:
         cfg = replace(PRESETS[preset], seed=seed)
     else:
-        raise ValueError(f"preset must be one of {', '.join(PRESETS)} (or a SynthConfig); got {preset!r}")
+        raise UsageError(f"preset must be one of {', '.join(PRESETS)} (or a SynthConfig); got {preset!r}")
     if not variants:
-        raise ValueError("variants: give at least one of " + ", ".join(VARIANT_FOLDERS))
+        raise UsageError("variants: give at least one of " + ", ".join(VARIANT_FOLDERS))
     for v in variants:
-        if v not in VARIANT_FOLDERS:
-            raise ValueError(f"variants: unknown {v!r} (choose from {', '.join(VARIANT_FOLDERS)})")
+        check_option(v, VARIANT_FOLDERS, "variants")
     check_type(seed, int, "seed")
     if subjects is not None:
         check_positive(subjects, "subjects", integer=True)

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from trainer._checks import check_positive, check_type
+from trainer.errors import UsageError, UsageTypeError
 
 __all__ = [
     "CATEGORY_NAMES",
@@ -182,16 +183,6 @@ class ConceptStyle:
             )
         if len(self.palette) != 3 or any(len(c) != 3 for c in self.palette):
             raise ValueError("palette must be three RGB triples")
-
-    @property
-    def family_name(self) -> str:
-        """Name of the shape family."""
-        return FAMILY_NAMES[self.family]
-
-    @property
-    def category_name(self) -> str:
-        """Name of the super-category."""
-        return CATEGORY_NAMES[self.category]
 
     def attributes(self) -> np.ndarray:
         """Attribute vector describing the concept.
@@ -553,7 +544,7 @@ def render_image(style: ConceptStyle, rng: np.random.Generator, size: int = 128)
     check_type(rng, np.random.Generator, "rng")
     check_positive(size, "size", integer=True)
     if size < 4:
-        raise ValueError(f"size must be >= 4, got {size}")
+        raise UsageError(f"size must be >= 4, got {size}")
     sp = _shape_params(style)
     x, y = _grid(size)
     f32 = np.float32
@@ -687,8 +678,8 @@ def image_statistics(image: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     image : numpy.ndarray
-        uint8 array of shape ``(H, W, 3)``, any size ``>= 8`` (a TypeError is
-        raised for other dtypes, a ValueError for other shapes).
+        uint8 array of shape ``(H, W, 3)``, any size ``>= 8`` (a UsageTypeError is
+        raised for other dtypes, a UsageError for other shapes).
 
     Returns
     -------
@@ -719,12 +710,12 @@ def image_statistics(image: np.ndarray) -> np.ndarray:
     """
     img = np.asarray(image)
     if img.dtype != np.uint8:
-        raise TypeError(f"image must be uint8, got dtype {img.dtype}")
+        raise UsageTypeError(f"image must be uint8, got dtype {img.dtype}")
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3), got shape {img.shape}")
+        raise UsageError(f"image must be (H, W, 3), got shape {img.shape}")
     h, w = img.shape[:2]
     if h < 8 or w < 8:
-        raise ValueError(f"image must be at least 8x8, got {h}x{w}")
+        raise UsageError(f"image must be at least 8x8, got {h}x{w}")
     rgb = img.astype(np.float32) * np.float32(1.0 / 255.0)
     R, G, B = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     Y = rgb @ _LUMA

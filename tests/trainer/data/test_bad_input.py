@@ -25,7 +25,7 @@ from trainer.data.things_eeg2 import (
     write_raw_session,
 )
 from trainer.data.things_meg import read_things_meg
-from trainer.errors import DataFormatError, ForbiddenPickleError
+from trainer.errors import DataFormatError, ForbiddenPickleError, UsageError, UsageTypeError
 from trainer.preprocessing import PreprocessingSpec, select_channels
 
 # -- helpers -----------------------------------------------------------------------------
@@ -235,6 +235,13 @@ def _stim_code(code):
     return edit
 
 
+def _as_dtype(dtype):
+    def edit(d):
+        with np.errstate(over="ignore", invalid="ignore"):  # float16 makes the catch code 99999 inf
+            d["raw_eeg_data"] = np.asarray(d["raw_eeg_data"]).astype(dtype)
+    return edit
+
+
 RAW_CASES = {
     # id: (edit, reader keyword arguments, field named, word in the message)
     "missing raw_eeg_data": (_drop("raw_eeg_data"), {}, "raw_eeg_data", "missing"),
@@ -261,6 +268,19 @@ RAW_CASES = {
     "stim code 99998": (_stim_code(CATCH_CODE - 1), {"n_images": RAW_N_IMAGES}, "raw_eeg_data", str(CATCH_CODE - 1)),
     "stim code fractional": (_stim_code(2.5), {}, "raw_eeg_data", "integer"),
     "stim code negative": (_stim_code(-3), {}, "raw_eeg_data", "integer"),
+    "stim Inf": (_stim_code(np.inf), {}, "raw_eeg_data", "row 'stim' has non-finite values"),
+    "stim NaN": (_stim_code(np.nan), {}, "raw_eeg_data", "row 'stim' has non-finite values"),
+    "stim code 1e12": (_stim_code(1e12), {}, "raw_eeg_data", "code 1000000000000 at sample 2800"),
+    "stim code 2**31": (_stim_code(2.0**31), {}, "raw_eeg_data", "32-bit"),
+    "data float16": (_as_dtype(np.float16), {}, "raw_eeg_data", "is float16"),
+    "data longdouble": (_as_dtype(np.longdouble), {}, "raw_eeg_data", "store float32 or float64"),
+    "data int32": (_as_dtype(np.int32), {}, "raw_eeg_data", "is int32"),
+    "data int8": (_as_dtype(np.int8), {}, "raw_eeg_data", "is int8"),
+    "data uint16": (_as_dtype(np.uint16), {}, "raw_eeg_data", "is uint16"),
+    "data bool": (_as_dtype(bool), {}, "raw_eeg_data", "is bool"),
+    "data complex": (_as_dtype(np.complex128), {}, "raw_eeg_data", "is complex128"),
+    "data object": (_as_dtype(object), {}, "raw_eeg_data", "is object"),
+    "ch_names duplicated": (_set("ch_names", lambda d: ["O1", "O1"] + d["ch_names"][2:]), {}, "ch_names", "duplicate"),
 }
 
 
@@ -275,6 +295,26 @@ def test_raw_bad_content(tmp_path, edit, kwargs, field, word):
     edit(d)
     save_npy_dict(path, d)
     _refused(lambda: read_raw_session(path, **kwargs), path, field, word)
+
+
+def test_raw_float32_is_read_like_float64(tmp_path):
+    """float32 holds EEG and every code up to 2**24: the valid counterpart of the dtype refusals."""
+    path = tmp_path / "ses-01" / "raw_eeg_training.npy"
+    d = _valid_raw(path)
+    reference = read_raw_session(path)
+    d["raw_eeg_data"] = np.asarray(d["raw_eeg_data"]).astype(np.float32)
+    save_npy_dict(path, d)
+    session = read_raw_session(path)
+    np.testing.assert_array_equal(session.events, reference.events)
+    np.testing.assert_allclose(session.raw.get_data(), reference.raw.get_data(), rtol=1e-6)
+
+
+def test_raw_eeg_non_finite_names_the_channel(tmp_path):
+    path = tmp_path / "ses-01" / "raw_eeg_training.npy"
+    d = _valid_raw(path)
+    _eeg_value(np.inf)(d)
+    save_npy_dict(path, d)
+    _refused(lambda: read_raw_session(path), path, "raw_eeg_data", "non-finite", "Oz")
 
 
 def test_raw_not_a_dict_and_truncated(tmp_path):
@@ -468,6 +508,85 @@ def test_things_eeg2_missing_preprocessed_and_raw(tiny_dataset, tmp_path):
     _refused(lambda: ds.raw_sessions(1, "test"), tmp_path / "raw_data" / "sub-01", None, "raw_eeg_test.npy")
 
 
+def _partial_folder(tiny_dataset, root, *, raw=(), preprocessed=()):
+    """A THINGS-EEG2 folder linking to the tiny set's image set and to the given subjects'
+    raw and preprocessed folders only."""
+    root.mkdir(exist_ok=True)
+    (root / "image_set").symlink_to(tiny_dataset / "image_set", target_is_directory=True)
+    for base, subjects in (("raw_data", raw), ("preprocessed_data", preprocessed)):
+        (root / base).mkdir()
+        for s in subjects:
+            (root / base / f"sub-{s:02d}").symlink_to(tiny_dataset / base / f"sub-{s:02d}", target_is_directory=True)
+    return root
+
+
+def _names_missing(err, root, base, subject, *words):
+    missing = root / base / f"sub-{subject:02d}"
+    _assert_names(err, missing, None)
+    msg = str(err)
+    assert msg.startswith(f"{missing}: missing"), msg
+    for word in words:
+        assert word in msg, f"{word!r} not in: {msg}"
+
+
+def test_subject_with_preprocessed_data_only(tiny_dataset, tmp_path):
+    from trainer.datasets import load_fit_data, load_test_data
+
+    root = _partial_folder(tiny_dataset, tmp_path / "data", raw=[1], preprocessed=[1, 2])
+    ds = ThingsEEG2(root)
+    assert ds.subjects() == [1, 2]
+    words = ("subject 2 has preprocessed_data/sub-02 but no raw data", "--source preprocessed")
+    for call in (lambda: ds.raw_paths(2, "test"), lambda: ds.raw_sessions(2, "training"),
+                 lambda: load_fit_data(root, 2, source="raw")):
+        with pytest.raises(DataFormatError) as info:
+            call()
+        _names_missing(info.value, root, "raw_data", 2, *words)
+    spec = PreprocessingSpec(channels=("O1", "Oz"), norm_mean=(0.0, 0.0), norm_std=(1.0, 1.0))
+    with pytest.raises(DataFormatError) as info:
+        load_test_data(root, 2, spec, source="raw")
+    _names_missing(info.value, root, "raw_data", 2, *words)
+    # leave-one-subject-out from subject 1's raw sessions: subject 2 has none
+    with pytest.raises(DataFormatError) as info:
+        load_fit_data(root, 1, inter=True)
+    _names_missing(info.value, root, "raw_data", 2, *words)
+
+
+def test_subject_with_raw_data_only(tiny_dataset, tmp_path):
+    from trainer.datasets import load_fit_data
+
+    root = _partial_folder(tiny_dataset, tmp_path / "data", raw=[1], preprocessed=[2])
+    ds = ThingsEEG2(root)
+    assert ds.subjects() == [1, 2]
+    words = ("subject 1 has raw_data/sub-01 but no preprocessed data", "--source raw")
+    for call in (lambda: ds.preprocessed_path(1, "test"), lambda: ds.preprocessed(1, "training"),
+                 lambda: load_fit_data(root, 1, source="preprocessed")):
+        with pytest.raises(DataFormatError) as info:
+            call()
+        _names_missing(info.value, root, "preprocessed_data", 1, *words)
+    # another preprocessed variant folder: named as such
+    (root / "preprocessed_data_63ch_250hz").mkdir()
+    with pytest.raises(DataFormatError) as info:
+        ds.preprocessed(1, "test", folder="preprocessed_data_63ch_250hz")
+    _names_missing(info.value, root, "preprocessed_data_63ch_250hz", 1, "subject 1 has raw_data/sub-01 but no data in "
+                   "preprocessed_data_63ch_250hz/")
+
+
+def test_subject_folders_are_two_digit_numbers(tiny_dataset, tmp_path):
+    root = _partial_folder(tiny_dataset, tmp_path / "data", raw=[1])
+    (root / "raw_data" / "sub-3").mkdir()  # not how THINGS names subject 3: not a subject
+    ds = ThingsEEG2(root)
+    assert ds.subjects() == [1]
+    with pytest.raises(DataFormatError) as info:
+        ds.raw_paths(3, "test")
+    _names_missing(info.value, root, "raw_data", 3, "subject 3 not found (subjects here: 1)")
+    with pytest.raises(UsageTypeError, match="subject"):
+        ds.raw_paths("1", "test")
+    with pytest.raises(UsageTypeError, match="subject"):
+        ds.raw_paths(True, "test")
+    with pytest.raises(UsageError, match="subject"):
+        ds.raw_paths(0, "test")
+
+
 def test_things_eeg2_no_image_metadata(tmp_path):
     (tmp_path / "preprocessed_data" / "sub-01").mkdir(parents=True)
     ds = ThingsEEG2(tmp_path)
@@ -590,6 +709,24 @@ def test_cli_info_corrupt_preprocessed(tiny_dataset, tmp_path, capsys, corrupt, 
     code, err = _run_cli(capsys, ["info", tmp_path])
     _assert_one_error_line(code, err, "info", str(path), *words)
     assert path.read_bytes() == before
+
+
+def test_cli_info_bad_raw_session(tiny_dataset, tmp_path, capsys):
+    _copy_image_set(tiny_dataset, tmp_path)
+    path = tmp_path / "raw_data" / "sub-01" / "ses-01" / "raw_eeg_test.npy"
+    d = _valid_raw(path)
+    _stim_code(np.inf)(d)
+    save_npy_dict(path, d)
+    code, err = _run_cli(capsys, ["info", tmp_path])
+    _assert_one_error_line(code, err, "info", str(path), "'raw_eeg_data'", "row 'stim' has non-finite values")
+
+
+@pytest.mark.parametrize("content", ["{oops", "[1, 2]", '{"config": 3}'], ids=["not JSON", "a list", "config a number"])
+def test_cli_info_bad_synth_json(tiny_dataset, tmp_path, capsys, content):
+    _copy_image_set(tiny_dataset, tmp_path)
+    (tmp_path / "synth.json").write_text(content)
+    code, err = _run_cli(capsys, ["info", tmp_path])
+    _assert_one_error_line(code, err, "info", str(tmp_path / "synth.json"))
 
 
 def test_cli_info_valid_folder_succeeds(tiny_dataset, capsys):

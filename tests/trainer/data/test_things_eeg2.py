@@ -16,6 +16,7 @@ from trainer.data import (
     trials_from_raw,
     validation_split,
 )
+from trainer.errors import UsageError
 from trainer.preprocessing import NAMED_SPECS
 from trainer.synth import PRESETS
 
@@ -67,7 +68,7 @@ def test_repetition_averaging_and_selection(tiny_dataset):
     sub = t.select_images([3, 1])
     assert sub.image_ids.tolist() == [3, 1]
     np.testing.assert_array_equal(sub.data[0], t.data[3])
-    with pytest.raises(ValueError, match="repetitions"):
+    with pytest.raises(UsageError, match="repetitions"):
         t.average_repetitions(t.n_repetitions + 1)
     t.check_finite(chunk=4)
 
@@ -109,6 +110,15 @@ def test_image_set(tiny_dataset):
     assert images.open(0).size == (TINY.image_size, TINY.image_size)
     test = load_image_set(tiny_dataset / "image_set", "test")
     assert set(test.concept_names).isdisjoint(images.concept_names)
+
+
+def test_validation_split_and_image_set_refuse_bad_arguments(tiny_dataset):
+    with pytest.raises(UsageError, match="cannot hold out 2 of 2 training concepts"):
+        validation_split(np.array([0, 0, 1, 1]), fraction=0.5)
+    with pytest.raises(UsageError, match="fraction"):
+        validation_split(np.arange(10), fraction=1.5)
+    with pytest.raises(UsageError, match="partition"):
+        load_image_set(tiny_dataset / "image_set", "train")
 
 
 def test_validation_split_holds_out_whole_training_concepts(tiny_dataset):

@@ -8,6 +8,7 @@ import pytest
 
 from trainer.cli import main
 from trainer.data import ThingsEEG2, load_image_set
+from trainer.errors import UsageError
 from trainer.synth import PRESETS, SynthConfig, generate
 from trainer.synth.images import image_statistics, make_concept_names, make_concept_styles
 
@@ -56,12 +57,14 @@ def test_preset_sizes():
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="preset"):
+    with pytest.raises(UsageError, match="preset"):
         generate(tmp_path, "huge")
-    with pytest.raises(ValueError, match="subjects"):
+    with pytest.raises(UsageError, match="subjects"):
         generate(tmp_path, MICRO, subjects=0)
-    with pytest.raises(ValueError, match="variants"):
+    with pytest.raises(UsageError, match="variants"):
         generate(tmp_path, MICRO, variants=("nope",))
+    with pytest.raises(UsageError, match="variants"):
+        generate(tmp_path, MICRO, variants=())
 
 
 def _ridge(x, y, lam):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trainer.errors import UsageError, UsageTypeError
 from trainer.synth.images import (
     CATEGORY_NAMES,
     CONCEPT_ATTRIBUTES,
@@ -262,9 +263,9 @@ def test_statistics_shape_dtype_determinism():
     # Non-square input works.
     rect = image_statistics(np.ascontiguousarray(img[:, :96]))
     assert rect.shape == a.shape and np.all(np.isfinite(rect))
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         image_statistics(img[..., 0])
-    with pytest.raises(TypeError):
+    with pytest.raises(UsageTypeError):
         image_statistics(img.astype(np.float32))
 
 
@@ -276,7 +277,7 @@ def test_argument_checks():
         make_concept_names(3, 0)
     with pytest.raises(TypeError):
         render_image(style, np.random.RandomState(0))
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         render_image(style, _rng(0), size=2)
 
 
