@@ -4,8 +4,9 @@ The first run generates subject 1 of the ``tiny`` synthetic THINGS-like set and 
 demo bundle on it with the default recipe (random ``resnet10t``: the only weights a fresh
 offline machine has; about two minutes on a 2-core CPU).  Both are kept in the demo
 folder (``--demo-dir``, ``$BCI_DEMO_DIR`` or ``~/.cache/shallow-bci/demo``), so later runs
-start in seconds.  Then a ``bci-replay`` process plays the raw test session in a loop as
-an LSL stream under a unique name, and the live app decodes it.
+start in seconds (two demos started together on one folder take turns: a lock file).
+Then a ``bci-replay`` process plays the raw test session in a loop as an LSL stream
+under a unique name, and the live app decodes it.
 
 ``tiny`` rather than ``small``: with the random backbone the demo has to use, ``tiny``
 (20-way) decodes at 5-6x chance while ``small`` (50-way) reaches 3x, and ``tiny`` is ready
@@ -22,9 +23,13 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
+
+from trainer._io import atomic_write_text
+from trainer.progress import JobProgress, Progress
 
 __all__ = ["DemoFiles", "DemoReplay", "demo_dir", "prepare_demo", "start_replay"]
 
@@ -33,8 +38,6 @@ logger = logging.getLogger("bci_app")
 DEMO_VERSION = 1
 DEMO_PRESET = "tiny"
 DEMO_SUBJECT = 1
-
-Progress = Callable[[str, int, int], None]
 
 
 def demo_dir(path: str | os.PathLike | None = None) -> Path:
@@ -69,43 +72,125 @@ def _ready(files: DemoFiles) -> bool:
             and (files.bundle / "bundle.json").is_file())
 
 
+#: the demo's first run, in seconds on a 2-core CPU: generating the data (a fifth of it the
+#: images, the rest the raw recordings), then fitting the bundle (only the ratio matters:
+#: it shapes the time left shown while the work is young)
+_COSTS = {"data": 20.0, "model": 95.0}
+_IMAGES_SHARE = 0.2
+_LOCK_POLL_SECONDS = 0.5
+
+
+@contextmanager
+def _demo_lock(root: Path, step: Progress) -> Iterator[None]:
+    """Hold ``root/demo.lock`` (an exclusive ``flock``) while the block runs.  When another
+    process holds it (a second ``bci-app --demo`` started at the same time), wait with a
+    message, polling (so that ``step`` may stop the wait: a cancelled GUI task)."""
+    import fcntl
+
+    with open(root / "demo.lock", "a+") as fh:  # the lock file stays: removing it would race
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("demo: another bci-app is preparing the demo in %s; waiting for it to finish", root)
+            while True:
+                step("waiting for another bci-app preparing the demo", 0, 1)
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(_LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def prepare_demo(root: str | os.PathLike | None = None, progress: Progress | None = None) -> DemoFiles:
     """Make sure the demo data and bundle exist in ``root`` (see :func:`demo_dir`); return them.
 
-    ``progress(phase, done, total)`` reports the work of a first run.  Work is done in
-    ``*.partial`` folders and renamed when complete, so an interrupted run starts that step
-    again instead of using half a data set.
+    ``progress(phase, done, total)`` reports the work of a first run as one job (data
+    generation and every step of the fit; see :mod:`trainer.progress`).  Work is done in
+    ``*.partial`` folders and renamed when complete, so an interrupted run starts the data
+    step again instead of using half a data set, and resumes the fit from its checkpoints.
+    Two processes preparing the same folder at once take turns (a lock file in it): the
+    second waits, then finds the demo ready.
     """
-    from trainer.fit import FitConfig, fit
-    from trainer.synth import generate
-
     root = demo_dir(root)
     files = DemoFiles(root=root, data=root / "data", bundle=root / "bundle")
     if _ready(files):
+        _drop_old_checkpoints(files)
         return files
     root.mkdir(parents=True, exist_ok=True)
     step = progress or (lambda *_: None)
-    started = time.perf_counter()
-    if not (files.data / "synth.json").is_file() or not files.session.is_file():
-        partial = root / "data.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(files.data, ignore_errors=True)
-        logger.info("demo: generating the synthetic data set (%s preset, subject %d) in %s",
-                    DEMO_PRESET, DEMO_SUBJECT, files.data)
-        generate(partial, DEMO_PRESET, subjects=1, progress=lambda stage, done, total: step(f"data: {stage}", done, total))
-        partial.rename(files.data)
-    if not (files.bundle / "bundle.json").is_file():
-        partial = root / "bundle.partial"
-        shutil.rmtree(files.bundle, ignore_errors=True)  # a bundle folder without bundle.json is unfinished
-        logger.info("demo: training the demo bundle (random resnet10t, default recipe) in %s", files.bundle)
-        # partial folders keep their checkpoints: an interrupted fit resumes
-        fit(FitConfig(data=str(files.data), subject=DEMO_SUBJECT, out=str(partial), backbone="resnet10t",
-                      weights="random", cache=str(root / "cache")), progress=step)
-        partial.rename(files.bundle)
-    (root / "demo.json").write_text(json.dumps({"version": DEMO_VERSION, "preset": DEMO_PRESET,
-                                                "subject": DEMO_SUBJECT}, indent=2) + "\n")
-    logger.info("demo: ready after %.0f s", time.perf_counter() - started)
+    with _demo_lock(root, step):
+        if _ready(files):  # made by the process we waited for
+            logger.info("demo: ready (prepared by another bci-app)")
+            return files
+        started = time.perf_counter()
+        job = JobProgress(progress, _COSTS)
+        _make_data(files, job)
+        _make_bundle(files, job)
+        atomic_write_text(root / "demo.json", json.dumps({"version": DEMO_VERSION, "preset": DEMO_PRESET,
+                                                          "subject": DEMO_SUBJECT}, indent=2) + "\n")
+        logger.info("demo: ready after %.0f s", time.perf_counter() - started)
     return files
+
+
+def _drop_old_checkpoints(files: DemoFiles) -> None:
+    """Demo bundles fitted by earlier versions kept the fit's checkpoints (~0.5 GB) in
+    ``bundle/checkpoints``; a finished bundle never needs them."""
+    old = files.bundle / "checkpoints"
+    if old.is_dir():
+        logger.info("demo: removing %s (checkpoints of a finished fit)", old)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_data(files: DemoFiles, job: JobProgress) -> None:
+    from trainer.synth import generate
+
+    if (files.data / "synth.json").is_file() and files.session.is_file():
+        job.skip("data")
+        return
+    partial = files.root / "data.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(files.data, ignore_errors=True)
+    logger.info("demo: generating the synthetic data set (%s preset, subject %d) in %s",
+                DEMO_PRESET, DEMO_SUBJECT, files.data)
+    data_step = _DataSteps(job)
+    generate(partial, DEMO_PRESET, subjects=1, progress=data_step)
+    partial.rename(files.data)
+
+
+class _DataSteps:
+    """:func:`trainer.synth.generate` reports its phases one after another (images, then
+    each raw recording, then the preprocessed files), each with its own count: follow them
+    as one step of the demo's job (the images its first :data:`_IMAGES_SHARE`)."""
+
+    def __init__(self, job: JobProgress):
+        self.job = job
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        if stage == "images":
+            fraction = _IMAGES_SHARE * share
+        else:
+            fraction = _IMAGES_SHARE + (1 - _IMAGES_SHARE) * share if "raw" in stage else 1.0
+        self.job.update("data", fraction, 1.0, f"data: {stage} ({done}/{total})")
+
+
+def _make_bundle(files: DemoFiles, job: JobProgress) -> None:
+    from trainer.fit import FitConfig, fit
+
+    if (files.bundle / "bundle.json").is_file():
+        job.skip("model")
+        return
+    partial = files.root / "bundle.partial"
+    shutil.rmtree(files.bundle, ignore_errors=True)  # a bundle folder without bundle.json is unfinished
+    logger.info("demo: training the demo bundle (random resnet10t, default recipe) in %s", files.bundle)
+    # an interrupted fit resumes from its checkpoints (in the demo's cache, keyed by this folder)
+    fit(FitConfig(data=str(files.data), subject=DEMO_SUBJECT, out=str(partial), backbone="resnet10t",
+                  weights="random", cache=str(files.root / "cache")), progress=job.callback("model", "model: "))
+    partial.rename(files.bundle)
 
 
 class DemoReplay:

@@ -1,4 +1,5 @@
-"""``bci-train``: the offline command line (data set generation and inspection for now)."""
+"""``bci-train``: the offline command line: synthetic data sets, data inspection, training
+(fit, sweep, pretrain), evaluation and re-targeting of model bundles."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from .errors import MissingFileError, UsageError
 
 __all__ = ["build_parser", "main"]
 
@@ -37,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("out", type=Path, help="output folder (created; existing files are overwritten)")
     p.add_argument("--preset", choices=list(PRESETS), default="tiny",
-                   help="size: tiny (seconds, for tests), small (the demo), full (THINGS-EEG2 sizes; "
-                        "see docs/data.md for time and disk). Default: tiny")
+                   help="size: tiny (seconds; the tests and the bci-app --demo), small (about a minute and a "
+                        "half), full (THINGS-EEG2 sizes; see docs/data.md for time and disk). Default: tiny")
     p.add_argument("--subjects", type=int, default=None, help="number of subjects (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--variants", default="official",
@@ -101,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 _FIT_HELP = {
     "data": "data folder (THINGS-EEG2 layout, real or synthetic; a THINGS-MEG folder with --source meg)",
     "subject": "subject number (tested on; also trained on unless --inter)",
-    "out": "run folder: the bundle, metrics.json, config.json and checkpoints go here",
+    "out": "run folder: the bundle, metrics.json and config.json go here (checkpoints go to the cache while it "
+           "trains). Run the same command again to resume an interrupted run; on a finished run with the same "
+           "settings it only prints the metrics; a folder holding a run of other settings is refused (see --overwrite)",
     "source": "epochs from 'raw' sessions with --spec (what the live app reproduces), the official "
               "'preprocessed' files, or 'meg'; 'auto' takes raw when there is raw data",
     "spec": "preprocessing spec for raw data: paper (17 ch, 250 Hz, 0-1 s), 63ch-250hz, official",
@@ -125,8 +130,12 @@ _FIT_HELP = {
     "inter": "leave-one-subject-out: train on all other subjects, test on --subject",
     "val_fraction": "share of training concepts held out for validation",
     "image_batch_size": "batch size of the backbone feature pass",
-    "cache": "cache folder for features and epochs (default: $SHALLOW_BCI_CACHE or ~/.cache/shallow-bci)",
+    "cache": "cache folder for features, epochs and the checkpoints of unfinished runs "
+             "(default: $SHALLOW_BCI_CACHE or ~/.cache/shallow-bci)",
 }
+
+_OVERWRITE_HELP = ("train from the start and replace what the run folder holds, even a finished run of other settings "
+                   "(without it, such a folder is refused)")
 
 
 def _add_fit_parser(sub) -> None:
@@ -138,6 +147,7 @@ def _add_fit_parser(sub) -> None:
                     "paper; a --config file (TOML or JSON) may set defaults, flags override it.",
     )
     p.add_argument("--config", type=Path, default=None, help="TOML/JSON file of defaults (keys = option names with _)")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     _add_config_options(p, required=("data", "out"))
 
 
@@ -203,6 +213,9 @@ def _add_sweep_parser(sub) -> None:
                         "(default auto; the final layer is included by all/auto)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     p.add_argument("--config", type=Path, default=None, help="TOML/JSON file of training defaults")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train every run from the start and replace what its folder holds (without it, finished runs "
+                        "of the same settings are kept, interrupted ones resume, and runs of other settings are refused)")
     _add_config_options(p, skip=_SWEEP_OWN)
 
 
@@ -210,19 +223,24 @@ def _int_list(text: str, name: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"{name} must be comma-separated integers, got {text!r}") from None
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .config import FitConfig
+    from .progress import ProgressBars
     from .sweep import sweep
 
     values = _config_values(args, skip=_SWEEP_OWN)
     values.update(data=str(args.data), out=str(args.out))
     base = FitConfig(**values).validate()
-    rows = sweep(base, backbones=[b.strip() for b in args.backbones.split(",") if b.strip()],
-                 subjects=_int_list(args.subjects, "--subjects"), seeds=_int_list(args.seeds, "--seeds"),
-                 layers=args.layers, jobs=args.jobs)
+    progress = ProgressBars()
+    try:
+        rows = sweep(base, backbones=[b.strip() for b in args.backbones.split(",") if b.strip()],
+                     subjects=_int_list(args.subjects, "--subjects"), seeds=_int_list(args.seeds, "--seeds"),
+                     layers=args.layers, jobs=args.jobs, overwrite=args.overwrite, progress=progress)
+    finally:
+        progress.close()
     print((Path(args.out) / "sweep.md").read_text())
     print(f"{len(rows)} runs; table: {Path(args.out) / 'sweep.csv'}")
     return 0
@@ -230,10 +248,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import pretrain_backbone
+    from .progress import ProgressBars
 
-    summary = pretrain_backbone(args.data, args.backbone, args.out, image_size=args.image_size, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                                color_jitter=args.color_jitter)
+    progress = ProgressBars()
+    try:
+        summary = pretrain_backbone(args.data, args.backbone, args.out, image_size=args.image_size, epochs=args.epochs,
+                                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                                    color_jitter=args.color_jitter, progress=progress)
+    finally:
+        progress.close()
     print(f"pretrained {summary['backbone']} on {summary['images']} images of {summary['classes']} training concepts "
           f"in {summary['seconds']:.0f} s: training accuracy {summary['train_accuracy']:.3f}")
     print(f"weights: {summary['weights']}")
@@ -244,10 +267,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .config import FitConfig
     from .fit import fit
+    from .progress import ProgressBars
 
     values = _config_values(args)
     cfg = FitConfig(**values)
-    metrics = fit(cfg)
+    progress = ProgressBars()
+    try:
+        metrics = fit(cfg, progress, overwrite=args.overwrite)
+    finally:
+        progress.close()
     _print_metrics(metrics, header=f"run {cfg.out}: layer {metrics['layer']}, validation top-1 {metrics['val_top1']:.3f}")
     return 0
 
@@ -279,10 +307,10 @@ def _cmd_retarget(args: argparse.Namespace) -> int:
     from .bundle import retarget_bundle
 
     if not args.images.is_dir():
-        raise FileNotFoundError(f"--images: {args.images} is not a folder")
+        raise MissingFileError(f"--images: {args.images} is not a folder")
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.is_file())
     if not paths:
-        raise ValueError(f"--images: no .jpg/.jpeg/.png files in {args.images}")
+        raise UsageError(f"--images: no .jpg/.jpeg/.png files in {args.images}")
     out = retarget_bundle(args.bundle, args.out, paths, weights=args.weights, device=args.device)
     print(f"wrote {out} with a gallery of {len(paths)} images")
     return 0
@@ -293,8 +321,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from .synth import generate
 
     if args.subjects is not None and args.subjects < 1:
-        raise ValueError(f"--subjects must be at least 1, got {args.subjects}")
+        raise UsageError(f"--subjects must be at least 1, got {args.subjects}")
+    from .synth.dataset import VARIANT_FOLDERS
+
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants or [""]:
+        if v not in VARIANT_FOLDERS:
+            raise UsageError(f"--variants: unknown {v!r} (choose from {', '.join(VARIANT_FOLDERS)})")
     preset = args.preset
     if args.snr is not None:
         from dataclasses import replace
@@ -302,7 +335,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         from .synth import PRESETS
 
         if not args.snr > 0 or args.snr != args.snr or args.snr == float("inf"):
-            raise ValueError(f"--snr must be a positive number, got {args.snr}")
+            raise UsageError(f"--snr must be a positive number, got {args.snr}")
         preset = replace(PRESETS[args.preset], snr=args.snr)
     progress = ProgressBars()
     try:

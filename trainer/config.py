@@ -9,13 +9,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._checks import check_option, check_positive, check_type
 from .datasets import SOURCES
-from .errors import UsageError
+from .errors import DataFormatError, MissingFileError, UsageError
+from .preprocessing import NAMED_SPECS
 
-__all__ = ["FINAL", "FitConfig", "default_cache_dir", "layer_key", "layer_list", "layer_of_key", "parse_layer"]
+__all__ = ["FINAL", "POOLINGS", "FitConfig", "default_cache_dir", "layer_key", "layer_list", "layer_of_key", "option_name",
+           "parse_layer"]
 
 #: the name of a backbone's own final (pooled pre-logits) embedding among its layers
 FINAL = "final"
+#: the lowest initial temperature: the logit scale is clamped at 100 (trainer.losses.LogitScale)
+MIN_TEMPERATURE = 0.01
+#: how a transformer layer's tokens are pooled (a CNN stage's map is averaged: "mean"); see trainer.vision
+POOLINGS = ("mean", "cls", "mean+cls")
 
 
 def default_cache_dir() -> Path:
@@ -63,43 +70,55 @@ class FitConfig:
     cache: str = ""
 
     def validate(self) -> "FitConfig":
+        """Check every setting; a bad one is a :class:`~trainer.errors.UsageError` (or
+        :class:`~trainer.errors.UsageTypeError` for a wrong type, e.g. from a config file)
+        naming its command-line option and its field."""
+        defaults = FitConfig()
+        for f in dataclasses.fields(self):
+            default = getattr(defaults, f.name)
+            types = (int, float) if isinstance(default, float) else (str, int) if f.name == "layer" else type(default)
+            check_type(getattr(self, f.name), types, option_name(f.name))
         if not self.data:
-            raise ValueError("data: give the data folder (--data DIR)")
+            raise UsageError("data: give the data folder (--data DIR)")
         if not self.out:
-            raise ValueError("out: give the run folder (--out RUN)")
-        if not isinstance(self.subject, int) or self.subject < 1:
-            raise ValueError(f"subject must be a positive integer, got {self.subject!r}")
-        if self.source not in SOURCES:
-            raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {self.source!r}")
+            raise UsageError("out: give the run folder (--out RUN)")
+        check_positive(self.subject, option_name("subject"), integer=True)
+        check_option(self.source, SOURCES, option_name("source"))
+        check_option(self.spec, NAMED_SPECS, option_name("spec"))
+        check_option(self.pooling, POOLINGS, option_name("pooling"))
         from .encoders import list_encoders
 
-        if self.encoder not in list_encoders():
-            raise ValueError(f"encoder: unknown {self.encoder!r} (valid: {', '.join(list_encoders())})")
+        check_option(self.encoder, list_encoders(), option_name("encoder"))
         parse_layer(self.layer)
-        if not isinstance(self.image_size, int) or self.image_size < 0:
-            raise ValueError(f"image_size must be 0 (the model's own) or a positive integer, got {self.image_size!r}")
+        check_positive(self.image_size, f"{option_name('image_size')} (0: the model's own)", strict=False, integer=True)
         for name in ("embed_dim", "proj_dim", "epochs", "batch_size", "image_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive(getattr(self, name), option_name(name), integer=True)
         for name in ("lr", "temperature"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+            check_positive(value, option_name(name))
+            if not math.isfinite(value):
+                raise UsageError(f"{option_name(name)} must be a finite number, got {value!r}")
+        if self.temperature < MIN_TEMPERATURE:
+            raise UsageError(f"{option_name('temperature')} must be at least {MIN_TEMPERATURE} (a logit scale of at "
+                             f"most {1 / MIN_TEMPERATURE:g}, as in CLIP), got {self.temperature!r}")
+        check_positive(self.weight_decay, option_name("weight_decay"), strict=False)
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
+            raise UsageError(f"{option_name('val_fraction')} must be between 0 and 1, got {self.val_fraction!r}")
         return self
 
     @classmethod
     def from_file(cls, path: str | Path) -> dict:
-        """Defaults from a TOML or JSON file (keys = field names); unknown keys refused."""
-        path = Path(path)
+        """Defaults from a TOML or JSON file (keys = field names); unknown keys refused.
+
+        A missing file is a :class:`~trainer.errors.MissingFileError`, one that cannot be
+        parsed or holds unknown keys a :class:`~trainer.errors.DataFormatError` naming it."""
+        path = Path(path).expanduser()
         try:
             text = path.read_text()
-        except OSError as err:
-            raise ValueError(f"config file {path}: {err.strerror or err}") from None
+        except FileNotFoundError:
+            raise MissingFileError(f"config file {path} does not exist") from None
+        except UnicodeDecodeError as err:
+            raise DataFormatError(path, None, f"not a text file ({err})") from None
         try:
             if path.suffix == ".toml":
                 import tomllib
@@ -107,15 +126,22 @@ class FitConfig:
                 values = tomllib.loads(text)
             else:
                 values = json.loads(text)
-        except Exception as err:
-            raise ValueError(f"config file {path}: cannot parse ({err})") from None
+        except ValueError as err:  # tomllib.TOMLDecodeError and json.JSONDecodeError are ValueErrors
+            raise DataFormatError(path, None, f"cannot parse it as {'TOML' if path.suffix == '.toml' else 'JSON'} "
+                                              f"({err})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"config file {path}: must hold a table/object of settings")
+            raise DataFormatError(path, None, "must hold a table/object of settings")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+            raise DataFormatError(path, None, f"unknown setting(s) {', '.join(unknown)} "
+                                              f"(known: {', '.join(sorted(known))})")
         return values
+
+
+def option_name(field: str) -> str:
+    """How an error names a setting for both audiences: ``--batch-size (batch_size)``."""
+    return f"--{field.replace('_', '-')} ({field})"
 
 
 def parse_layer(value: str | int) -> str | int:
@@ -127,7 +153,7 @@ def parse_layer(value: str | int) -> str | int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise UsageError(f"layer must be 'auto', 'final' or a block index, got {value!r}") from None
+        raise UsageError(f"--layer (layer) must be 'auto', 'final' or a block index, got {value!r}") from None
 
 
 def layer_key(layer: str | int) -> str:
@@ -153,7 +179,7 @@ def layer_list(spec: str, n_layers: int, *, name: str = "layers") -> list[str | 
     """Layers named by ``spec``: 'all' blocks, 'auto' (every stage of a CNN, ~10 evenly
     spaced blocks of a ViT, as the paper sweeps), 'final', a block index, or a
     comma-separated list; 'all' and 'auto' include the final layer.  Indices may count
-    from the end; out-of-range ones raise ValueError with the valid range."""
+    from the end; out-of-range ones raise a UsageError (a ValueError) with the valid range."""
     import numpy as np
 
     if spec == "all":
@@ -165,8 +191,8 @@ def layer_list(spec: str, n_layers: int, *, name: str = "layers") -> list[str | 
     for part in str(spec).split(","):
         k = parse_layer(part.strip())
         if k == "auto":
-            raise ValueError(f"{name}: give 'all', 'auto' or block indices and/or 'final', got {spec!r}")
+            raise UsageError(f"{name}: give 'all', 'auto' or block indices and/or 'final', got {spec!r}")
         if isinstance(k, int) and not -n_layers <= k < n_layers:
-            raise ValueError(f"{name}: {k} is out of range: valid 0..{n_layers - 1} (or 'final')")
+            raise UsageError(f"{name}: {k} is out of range: valid 0..{n_layers - 1} (or 'final')")
         out.append(k if k == "final" else k % n_layers)
     return list(dict.fromkeys(out))

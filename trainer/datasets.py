@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._checks import check_option
 from ._io import atomic_path
 from .data import ThingsEEG2, TrialSet, read_things_meg, things_meg_path, trials_from_raw
 from .data.images import ImageSet
@@ -155,12 +156,9 @@ def load_fit_data(
     inter : bool
         Leave one subject out: train on every other subject, test on ``subject``.
     """
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
+    check_option(source, SOURCES, "--source (source)")
     if isinstance(spec, str):
-        if spec not in NAMED_SPECS:
-            raise ValueError(f"spec must be one of {', '.join(NAMED_SPECS)}; got {spec!r}")
-        spec = NAMED_SPECS[spec]
+        spec = NAMED_SPECS[check_option(spec, NAMED_SPECS, "--spec (spec)")]
     root = Path(data).expanduser()
     cache = Path(cache_dir) if cache_dir is not None else None
     if source == "meg":
@@ -225,8 +223,7 @@ def load_test_data(
     its normalisation): (epochs (n_images, reps, C, T) float32, image ids)."""
     if spec.norm_mean is None or not spec.channels:
         raise ValueError("load_test_data: the spec must be resolved and carry normalisation statistics")
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
+    check_option(source, SOURCES, "--source (source)")
     root = Path(data).expanduser()
     plain = replace(spec, norm_mean=None, norm_std=None)
     ds = None if source == "meg" else ThingsEEG2(root)

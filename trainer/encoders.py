@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_type
+from .errors import UsageError, UsageTypeError
 
 __all__ = [
     "EEGEncoder",
@@ -55,23 +56,25 @@ E = TypeVar("E", bound=type)
 # --------------------------------------------------------------------------- checkers
 
 
+# (numpy integers and floats are accepted too, unlike trainer._checks: shapes often come
+# from arrays)
 def _check_int(value: Any, name: str, *, minimum: int = 1) -> int:
     """An integer (not a bool) >= ``minimum``, returned as a plain ``int``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be of type int, got {type(value).__name__} ({value!r:.80})")
+        raise UsageTypeError(f"{name} must be of type int, got {type(value).__name__} ({value!r:.80})")
     value = int(value)
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise UsageError(f"{name} must be >= {minimum}, got {value!r}")
     return value
 
 
 def _check_prob(value: Any, name: str) -> float:
     """A probability in [0, 1), returned as a plain ``float``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be of type float, got {type(value).__name__} ({value!r:.80})")
+        raise UsageTypeError(f"{name} must be of type float, got {type(value).__name__} ({value!r:.80})")
     value = float(value)
     if not 0.0 <= value < 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        raise UsageError(f"{name} must be in [0, 1), got {value!r}")
     return value
 
 
@@ -113,7 +116,7 @@ def _lookup(name: Any) -> type["EEGEncoder"]:
     check_type(name, str, "name")
     cls = _REGISTRY.get(name.strip().lower())
     if cls is None:
-        raise ValueError(f"name: unknown encoder {name!r}; valid names: {', '.join(list_encoders())}")
+        raise UsageError(f"encoder: unknown {name!r} (--encoder); valid names: {', '.join(list_encoders())}")
     return cls
 
 
@@ -150,7 +153,7 @@ def create_encoder(name: str, *, n_chans: int, n_times: int, embed_dim: int, **k
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             valid = ", ".join(accepted) or "none"
-            raise TypeError(
+            raise UsageTypeError(
                 f"unknown argument(s) for encoder {cls.encoder_name!r}: {', '.join(unknown)} (accepted: {valid})"
             )
     return cls(n_chans=n_chans, n_times=n_times, embed_dim=embed_dim, **kwargs)
@@ -329,7 +332,7 @@ class TSConv(EEGEncoder):
         )
         min_times = temporal_kernel + pool_size - 1
         if self.n_times < min_times:
-            raise ValueError(
+            raise UsageError(
                 f"n_times: tsconv needs at least {min_times} samples (temporal_kernel {temporal_kernel} "
                 f"+ pool_size {pool_size} - 1), got {self.n_times}"
             )
@@ -390,7 +393,7 @@ class EEGNet(EEGEncoder):
             separable_kernel=separable_kernel, pool1=pool1, pool2=pool2, dropout=dropout,
         )
         if self.n_times < pool1 * pool2:
-            raise ValueError(
+            raise UsageError(
                 f"n_times: eegnet needs at least {pool1 * pool2} samples (pool1 {pool1} × pool2 {pool2}), "
                 f"got {self.n_times}"
             )

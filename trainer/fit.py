@@ -6,6 +6,12 @@ image-side linear projector are trained with symmetric InfoNCE on (repetition-av
 EEG, pooled layer features) pairs.  The best epoch and, with ``--layer auto``, the best
 layer are chosen on *validation concepts* held out from the training set; the test set is
 only evaluated once, for the chosen model.
+
+The run folder (``--out``) receives the bundle, ``config.json`` and ``metrics.json``, and
+nothing else: per-layer checkpoints (model, best model and optimiser state, for resuming
+an interrupted run) live in the cache (:func:`checkpoint_dir`) and are deleted when the run
+finishes.  A folder holding a finished run is never overwritten by other settings without
+``overwrite`` (see :func:`fit`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import hashlib
 import json
 import logging
 import math
-import sys
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,11 +36,14 @@ from .bundle import save_bundle
 from .config import FitConfig, default_cache_dir, layer_key, layer_list, parse_layer
 from .data.splits import validation_split
 from .datasets import SubjectData, load_fit_data
+from .errors import UsageError
 from .losses import clip_loss
 from .metrics import kway_accuracy, topk_accuracy
-from .model import AlignmentModel
+from .model import AlignmentModel, embed_epochs, normalised_embedding
+from .progress import JobProgress, Progress
 
-__all__ = ["FitConfig", "default_cache_dir", "evaluate_bundle", "evaluate_retrieval", "fit", "parse_layer"]
+__all__ = ["FitConfig", "checkpoint_dir", "default_cache_dir", "evaluate_bundle", "evaluate_retrieval", "fit",
+           "parse_layer"]
 
 logger = logging.getLogger("trainer")
 
@@ -45,20 +54,11 @@ def _candidate_layers(cfg: FitConfig, n_layers: int) -> list[str | int]:
     """--layer K / final trains that layer; --layer auto the --layers list, or the paper's sweep."""
     layer = parse_layer(cfg.layer)
     if layer == "auto":
-        return layer_list(cfg.layers or "auto", n_layers, name=f"layers ({cfg.backbone})")
-    return layer_list(str(layer), n_layers, name=f"layer ({cfg.backbone})")
+        return layer_list(cfg.layers or "auto", n_layers, name=f"--layers for {cfg.backbone}")
+    return layer_list(str(layer), n_layers, name=f"--layer for {cfg.backbone}")
 
 
 # -- evaluation -----------------------------------------------------------------------------
-
-
-def _embed(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, device: torch.device, batch: int = 2048) -> np.ndarray:
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            z = fn(torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32)).to(device))
-            out.append(torch.nn.functional.normalize(z, dim=1).float().cpu().numpy())
-    return np.concatenate(out)
 
 
 def evaluate_retrieval(
@@ -88,9 +88,9 @@ def evaluate_retrieval(
     """
     device = torch.device(device)
     n_img, n_rep = test.shape[:2]
-    avg = _embed(embed, test.mean(axis=1), device)
+    avg = embed_epochs(embed, test.mean(axis=1), device=device)
     sim_avg = avg @ gallery.T
-    single = _embed(embed, test.reshape(n_img * n_rep, *test.shape[2:]), device)
+    single = embed_epochs(embed, test.reshape(n_img * n_rep, *test.shape[2:]), device=device)
     sim_single = single @ gallery.T
     n_way = gallery.shape[0]
     result = {
@@ -212,10 +212,10 @@ def _train_layer(
     device: torch.device,
     ckpt_dir: Path,
     fingerprint: str,
-    progress: Callable[[str, int, int], None] | None = None,
+    job: JobProgress,
+    label: str,
 ) -> tuple[LayerResult, AlignmentModel]:
-    from tqdm import tqdm
-
+    """Train one layer's model (resuming from its checkpoint); ``job`` step ``label`` follows its epochs."""
     n_chans, n_times = data.train.shape[1:]
     enc_cfg = {"name": cfg.encoder, "n_chans": int(n_chans), "n_times": int(n_times), "embed_dim": cfg.embed_dim}
     torch.manual_seed(cfg.seed)
@@ -239,18 +239,17 @@ def _train_layer(
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if resumed is not None:
         info, best_state = resumed
-        start = int(info["epoch"]) + 1
+        start = min(int(info["epoch"]) + 1, cfg.epochs)
         result.best_val_top1, result.best_epoch, result.history = info["best_val_top1"], info["best_epoch"], info["history"]
         logger.info("%s: resuming after epoch %d", layer_key(layer), start)
+    job.skip(label, start / cfg.epochs)  # epochs already trained are no work left
     n = len(x_fit)
     n_batches = max(1, math.ceil(n / cfg.batch_size))
     gen = torch.Generator().manual_seed(cfg.seed)
     for _ in range(start):  # keep the shuffling sequence of an uninterrupted run
         torch.randperm(n, generator=gen)
-    bar = tqdm(range(start, cfg.epochs), desc=f"{layer_key(layer)}", unit="epoch", file=sys.stderr,
-               disable=None, leave=False, dynamic_ncols=True, initial=start, total=cfg.epochs)
     last_save = time.perf_counter()
-    for epoch in bar:
+    for epoch in range(start, cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
         total = 0.0
@@ -263,25 +262,25 @@ def _train_layer(
             total += float(loss.detach()) * len(idx)
         model.eval()
         with torch.inference_mode():
-            gal = torch.nn.functional.normalize(model.embed_images(f_val), dim=1).cpu().numpy()
-        val = topk_accuracy(_embed(model.embed_brain, x_val, device) @ gal.T, val_targets)["top1"]
+            gal = normalised_embedding(model.embed_images, f_val).cpu().numpy()
+        val = topk_accuracy(embed_epochs(model.embed_brain, x_val, device=device) @ gal.T, val_targets)["top1"]
         result.history.append({"epoch": epoch, "loss": total / n, "val_top1": val,
                                "temperature": float(model.logit_scale.temperature)})
         if val > result.best_val_top1:
             result.best_val_top1, result.best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        bar.set_postfix(loss=f"{total / n:.3f}", val_top1=f"{val:.3f}", best=f"{result.best_val_top1:.3f}")
-        if progress is not None:
-            progress(f"training {layer_key(layer)}", epoch + 1, cfg.epochs)
         # checkpoint at most every CHECKPOINT_SECONDS (and after the last epoch): an
-        # interruption loses little, and small runs are not slowed by writing weights each epoch
+        # interruption loses little, and small runs are not slowed by writing weights each
+        # epoch; before the progress report, which may stop the run (a cancelled task)
         if epoch == cfg.epochs - 1 or time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
             _save_checkpoint(ckpt, model, best_state, opt, {
                 "epoch": epoch, "best_val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
                 "history": result.history, "fingerprint": fingerprint,
             })
             last_save = time.perf_counter()
-    bar.close()
+        job.update(label, epoch + 1 - start, cfg.epochs - start,
+                   f"{label}: epoch {epoch + 1}/{cfg.epochs}, validation top-1 {val:.3f} "
+                   f"(best {result.best_val_top1:.3f})")
     model.load_state_dict(best_state)
     model.fold_feature_standardisation(f_mean, f_std)
     model.eval()
@@ -290,52 +289,175 @@ def _train_layer(
 
 
 def _fingerprint(cfg: FitConfig, layer_key: str, extra: dict) -> str:
-    ignored = ("out", "device", "cache", "image_batch_size", "epochs", "layer", "layers")
-    keep = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
+    ignored = _NOT_SETTINGS + _RESUMABLE
+    keep = {k: v for k, v in _resolved(cfg).items() if k not in ignored}
     return hashlib.sha256(json.dumps([keep, layer_key, extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def image_features(backbone, cfg: FitConfig, train_images, test_images, layers, cache: Path,
-                   report: Callable[[str, int, int], None] | None = None) -> tuple[dict, dict]:
+                   report: Progress | None = None) -> tuple[dict, dict]:
     """Pooled features of the training and test images for ``layers`` (one backbone pass
-    per image set for all layers; cached on disk)."""
-    from tqdm import tqdm
+    per image set for all layers; cached on disk).
 
+    ``report(phase, done, total)`` counts the images computed over both sets; it is not
+    called for a set whose features were all in the cache."""
     from .vision import cached_features
 
     data_id = hashlib.sha256(str(Path(cfg.data).expanduser().resolve()).encode()).hexdigest()[:12]
+    n_all = len(train_images) + len(test_images)
     out = []
+    offset = 0
     for part, images in (("training", train_images), ("test", test_images)):
-        bar = tqdm(total=len(images), desc=f"{backbone.name} features ({part})", unit="img", file=sys.stderr,
-                   disable=None, leave=False, dynamic_ncols=True)
-
-        def progress(done: int, total: int, bar=bar, part=part) -> None:
-            bar.n = done
-            bar.refresh()
+        def progress(done: int, total: int, part=part, offset=offset) -> None:
             if report is not None:
-                report(f"image features ({part})", done, total)
+                report(f"image features of {backbone.name} ({part} images)", offset + done, n_all)
 
-        try:
-            out.append(cached_features(backbone, images, layers, pooling=cfg.pooling, cache_dir=cache / "features",
-                                       image_set_id=f"{data_id}-{part}-{len(images)}", batch_size=cfg.image_batch_size,
-                                       progress=progress))
-        finally:
-            bar.close()
+        out.append(cached_features(backbone, images, layers, pooling=cfg.pooling, cache_dir=cache / "features",
+                                   image_set_id=f"{data_id}-{part}-{len(images)}", batch_size=cfg.image_batch_size,
+                                   progress=progress))
+        offset += len(images)
     return out[0], out[1]
 
 
-def fit(cfg: FitConfig, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+# -- the run folder -------------------------------------------------------------------------
+
+#: settings that say where or how a run computes, not what it computes
+_NOT_SETTINGS = ("out", "device", "cache", "image_batch_size")
+#: settings an interrupted run may change and still resume: each layer's checkpoint
+#: carries its own epoch, so a resumed layer trains on to the new --epochs
+_RESUMABLE = ("epochs", "layer", "layers")
+
+
+def checkpoint_dir(out: str | Path, cache: str | Path | None = None) -> Path:
+    """Where the checkpoints of the run whose folder is ``out`` live while it trains:
+    ``<cache>/checkpoints/<hash of out's absolute path>`` (``cache``: ``--cache``, or
+    :func:`default_cache_dir`).  Deleted when the run finishes."""
+    out = Path(out).expanduser().resolve()
+    cache = Path(cache).expanduser() if cache else default_cache_dir()
+    return cache / "checkpoints" / hashlib.sha256(str(out).encode()).hexdigest()[:16]
+
+
+def _resolved(cfg: FitConfig) -> dict[str, Any]:
+    """The settings as ``config.json`` records them: paths absolute."""
+    values = dataclasses.asdict(cfg)
+    for key in ("data", "out", "cache"):
+        if values[key]:
+            values[key] = str(Path(values[key]).expanduser().resolve())
+    if values["weights"] not in ("random", "hub"):
+        values["weights"] = str(Path(values["weights"]).expanduser().resolve())
+    return values
+
+
+def _differences(before: dict, now: dict, ignore: tuple[str, ...]) -> list[str]:
+    """``key: old -> new`` for every setting of ``now`` that ``before`` (a config.json)
+    has otherwise; a key it lacks had its default value."""
+    defaults = dataclasses.asdict(FitConfig())
+    changed = []
+    for key, value in now.items():
+        if key in ignore:
+            continue
+        old = before.get(key, defaults.get(key))
+        if key in ("data", "weights") and isinstance(old, str) and old not in ("", "random", "hub"):
+            old = str(Path(old).expanduser().resolve())
+        if old != value:
+            changed.append(f"{key}: {old!r} -> {value!r}")
+    return changed
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _check_run_folder(cfg: FitConfig, out: Path, ckpts: Path, overwrite: bool) -> dict | None:
+    """Decide what to do with what ``out`` holds (see :func:`fit`): the stored metrics when
+    it holds this very run finished, None to train; a UsageError when training would
+    replace a finished run, or an interrupted one, of other settings."""
+    finished = (out / "bundle.json").is_file() or (out / "metrics.json").is_file()
+    if overwrite:
+        # the folder becomes an unfinished run of the new settings at once, so that an
+        # interruption does not leave the old bundle beside the new config.json
+        for name in ("metrics.json", "bundle.json"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(ckpts, ignore_errors=True)
+        return None
+    before, now = _read_json(out / "config.json"), _resolved(cfg)
+    replace = "give another --out, or --overwrite to replace it (overwrite=True in Python)"
+    if finished:
+        if before is None:
+            raise UsageError(f"{out} holds a model bundle of unknown settings (no readable config.json); {replace}")
+        changed = _differences(before, now, _NOT_SETTINGS)
+        if changed:
+            raise UsageError(f"{out} holds a finished run with other settings ({'; '.join(changed)}); {replace}")
+        metrics = _read_json(out / "metrics.json") if (out / "bundle.json").is_file() else None
+        if metrics is not None:
+            logger.info("%s already holds this run, finished: nothing to train (--overwrite trains it again)", out)
+            return metrics
+        return None  # stopped while writing the bundle: finish it
+    if before is not None and any(ckpts.glob("*.safetensors")):
+        changed = _differences(before, now, _NOT_SETTINGS + _RESUMABLE)
+        if changed:
+            raise UsageError(f"{out} holds an interrupted run with other settings ({'; '.join(changed)}); run it "
+                             f"again with its own settings to resume it, or {replace}")
+    return None
+
+
+# -- fit ------------------------------------------------------------------------------------
+
+#: relative costs of the work of a run, for the time left shown while a run is young (seconds
+#: on a 2-core CPU, only their ratios matter): a backbone forward pass per image, per million
+#: parameters at 224 x 224 px (timm's resnet10t at its 176 px: about 20 ms), and an epoch,
+#: per training sample and million encoder weights (EEGProject on 17 x 250 samples: about
+#: 0.17 s for the 864 samples of the tiny set); measured on the demo's first run, where the
+#: image features were a fifth of the fit
+_IMAGE_COST = 0.006
+_EPOCH_SAMPLE_COST = 0.000033
+_BUNDLE_COST = 0.02  # per gallery image: embedding, thumbnail
+
+
+def _job(cfg: FitConfig, backbone, data: SubjectData, n_fit: int, keys: list[str], report: Progress | None) -> JobProgress:
+    """The steps of a run and their estimated costs (see the constants above)."""
+    pixels = float(np.prod(backbone.data_config["input_size"][1:])) / 224**2
+    n_images = len(data.train_images) + len(data.test_images)
+    enc_weights = (data.train.shape[1] * data.train.shape[2] + cfg.embed_dim + cfg.proj_dim) * cfg.embed_dim
+    costs = {"features": n_images * _IMAGE_COST * backbone.n_params / 1e6 * pixels}
+    for i, key in enumerate(keys):
+        costs[f"{key} ({i + 1}/{len(keys)})"] = cfg.epochs * n_fit * _EPOCH_SAMPLE_COST * enc_weights / 1e6
+    costs["bundle"] = len(data.test_images) * _BUNDLE_COST
+    return JobProgress(report, costs)
+
+
+def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = False) -> dict[str, Any]:
     """Train, select on validation concepts, evaluate on the test set, write the bundle.
 
-    ``progress(phase, done, total)``, when given, is called as image features are computed
-    and after every training epoch of every candidate layer.
+    ``cfg.out`` is the run folder.  When it holds a finished run (``bundle.json`` /
+    ``metrics.json``) of the same settings (all but where and how it computes: ``out``,
+    ``device``, ``cache``, ``image_batch_size``), nothing is trained and its metrics are
+    returned; of other settings, or unknown ones, a UsageError names the folder and the
+    settings that differ.  An interrupted run resumes after the last checkpointed epoch of
+    each layer, with the same settings (``epochs``, ``layer`` and ``layers`` may change);
+    with others, a UsageError too.  ``overwrite=True`` (``--overwrite``) trains from the
+    start whatever the folder holds and replaces it.  Checkpoints live in
+    :func:`checkpoint_dir` and are deleted when the run finishes.
+
+    ``progress(phase, done, total)``, when given, receives the progress of the whole run
+    (image features, every epoch of every candidate layer, the bundle) in ``done`` /
+    ``total``, and what is being done in ``phase`` (e.g. ``"layer_2 (3/6): epoch 13/50,
+    ..."``); :class:`trainer.progress.ProgressBars` draws it.
     Returns the metrics (also in ``RUN/metrics.json``)."""
-    from .vision import load_backbone, resolve_device
+    from .vision import check_pooling, load_backbone, resolve_device
 
     cfg.validate()
     started = time.perf_counter()
     out = Path(cfg.out).expanduser()
     cache = Path(cfg.cache).expanduser() if cfg.cache else default_cache_dir()
+    ckpts = checkpoint_dir(out, cache)
+    stored = _check_run_folder(cfg, out, ckpts, overwrite)
+    if stored is not None:
+        return stored
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
@@ -343,8 +465,11 @@ def fit(cfg: FitConfig, progress: Callable[[str, int, int], None] | None = None)
     backbone = load_backbone(cfg.backbone, cfg.weights, device=device, seed=0,
                              model_kwargs={"img_size": cfg.image_size} if cfg.image_size else None)
     candidates = _candidate_layers(cfg, backbone.n_layers)  # bad names and layers fail before any data work
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    if any(k != "final" for k in candidates):
+        check_pooling(backbone, cfg.pooling)
+    atomic_write_text(out / "config.json", json.dumps(_resolved(cfg), indent=2) + "\n")
+    if progress is not None:
+        progress("loading the EEG epochs", 0, 1)
     data = load_fit_data(cfg.data, cfg.subject, source=cfg.source, spec=cfg.spec, inter=cfg.inter,
                          cache_dir=cache / "epochs")
     logger.info("data: %d training images (subjects %s), %d test images x %d repetitions, %d channels x %d times (%s)",
@@ -352,29 +477,47 @@ def fit(cfg: FitConfig, progress: Callable[[str, int, int], None] | None = None)
                 data.train.shape[2], data.source)
 
     keys = [layer_key(k) for k in candidates]
-    cache.mkdir(parents=True, exist_ok=True)
-    feats_train, feats_test = image_features(backbone, cfg, data.train_images, data.test_images, candidates, cache,
-                                            report=progress)
-
     concepts = data.train_images.concept_index[data.train_image_ids]
     fit_rows, val_rows = validation_split(concepts, fraction=cfg.val_fraction, seed=cfg.seed)
+    job = _job(cfg, backbone, data, len(fit_rows), keys, progress)
+    cache.mkdir(parents=True, exist_ok=True)
+    feats_train, feats_test = image_features(backbone, cfg, data.train_images, data.test_images, candidates, cache,
+                                            report=job.callback("features"))
+    if job.fraction["features"] == 0:
+        job.skip("features")  # all cached
     results = []
     best: tuple[LayerResult, AlignmentModel] | None = None
     split = _Split.of(data, fit_rows, val_rows, device)
+    atomic_write_text(ckpts / "run.json", json.dumps({"out": str(out.resolve())}) + "\n")  # whose checkpoints these are
     extra = {"backbone": backbone.weights_id, "n_train": len(data.train), "spec": data.spec.to_dict()}
-    for layer, key in zip(candidates, keys):
-        res, model = _train_layer(cfg, layer, data, feats_train[key], split, device,
-                                  out / "checkpoints", _fingerprint(cfg, key, extra), progress=progress)
+    for i, (layer, key) in enumerate(zip(candidates, keys)):
+        res, model = _train_layer(cfg, layer, data, feats_train[key], split, device, ckpts,
+                                  _fingerprint(cfg, key, extra), job, f"{key} ({i + 1}/{len(keys)})")
         results.append(res)
         logger.info("%s (depth %s): best validation top-1 %.3f at epoch %d", key,
                     "final" if layer == "final" else f"{(layer + 1) / backbone.n_layers:.2f}", res.best_val_top1, res.best_epoch)
         if best is None or res.best_val_top1 > best[0].best_val_top1:
             best = (res, model)
     chosen, model = best
-    key = layer_key(chosen.layer)
+    job.update("bundle", 0, 1, f"testing {layer_key(chosen.layer)} and writing the bundle")
+    metrics = _test_and_save(cfg, out, data, backbone, model, chosen, feats_test[layer_key(chosen.layer)], device)
+    metrics.update({
+        "n_val_concepts": int(len(np.unique(concepts[val_rows]))),
+        "layer_sweep": [{"layer": r.layer, "val_top1": r.best_val_top1, "best_epoch": r.best_epoch} for r in results],
+        "history": chosen.history,
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    shutil.rmtree(ckpts, ignore_errors=True)  # finished: the bundle is all that is kept
+    job.update("bundle", 1, 1, "done")
+    return metrics
+
+
+def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model: AlignmentModel, chosen: LayerResult,
+                   gallery_features: np.ndarray, device: torch.device) -> dict[str, Any]:
+    """Evaluate the chosen model on the test set (once) and write the bundle; the test metrics."""
     with torch.inference_mode():
-        gallery = torch.nn.functional.normalize(
-            model.embed_images(torch.from_numpy(feats_test[key]).to(device)), dim=1).cpu().numpy()
+        gallery = normalised_embedding(model.embed_images, torch.from_numpy(gallery_features).to(device)).cpu().numpy()
     targets = data.test_image_ids  # row i shows test image test_image_ids[i]; gallery is in image order
     metrics = evaluate_retrieval(model.embed_brain, data.test, gallery, targets, device=device)
     metrics.update({
@@ -386,17 +529,13 @@ def fit(cfg: FitConfig, progress: Callable[[str, int, int], None] | None = None)
         "n_layers": backbone.n_layers,
         "val_top1": chosen.best_val_top1,
         "best_epoch": chosen.best_epoch,
-        "n_val_concepts": int(len(np.unique(concepts[val_rows]))),
-        "layer_sweep": [{"layer": r.layer, "val_top1": r.best_val_top1, "best_epoch": r.best_epoch} for r in results],
-        "history": chosen.history,
-        "seconds": round(time.perf_counter() - started, 1),
     })
     test_images = data.test_images
     save_bundle(
         out,
         model=model,
         spec=data.spec,
-        gallery_features=feats_test[key],
+        gallery_features=gallery_features,
         gallery_ids=np.arange(1, len(test_images) + 1),
         gallery_concepts=test_images.concept_names,
         gallery_files=[str(Path(c) / f) for c, f in zip(test_images.concepts, test_images.files)],
@@ -411,7 +550,6 @@ def fit(cfg: FitConfig, progress: Callable[[str, int, int], None] | None = None)
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__},
         metrics={k: metrics[k] for k in ("n_way", "averaged", "single_trial", "kway", "layer", "val_top1")},
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

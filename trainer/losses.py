@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import UsageError, UsageTypeError
+
 __all__ = ["LogitScale", "clip_loss"]
 
 
@@ -91,13 +93,13 @@ class LogitScale(nn.Module):
         super().__init__()
         for name, value in (("temperature", temperature), ("max_scale", max_scale)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name} must be of type float, got {type(value).__name__} ({value!r:.80})")
+                raise UsageTypeError(f"{name} must be of type float, got {type(value).__name__} ({value!r:.80})")
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+                raise UsageError(f"{name} must be a finite number > 0, got {value!r}")
         if not isinstance(learnable, bool):
-            raise TypeError(f"learnable must be of type bool, got {type(learnable).__name__} ({learnable!r:.80})")
+            raise UsageTypeError(f"learnable must be of type bool, got {type(learnable).__name__} ({learnable!r:.80})")
         if temperature * max_scale < 1 - 1e-9:
-            raise ValueError(
+            raise UsageError(
                 f"temperature must be >= 1 / max_scale = {1 / max_scale:g}, got {temperature!r}"
             )
         self.learnable = learnable

@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ._io import atomic_path
-from .errors import BCIError
+from ._checks import check_path, check_positive, check_type
+from ._io import atomic_path, atomic_write_text
+from .config import option_name
+from .errors import BCIError, UsageError
 
 __all__ = ["pretrain_backbone"]
 
@@ -57,39 +58,40 @@ def pretrain_backbone(
     seed: int = 0,
     device: str = "auto",
     color_jitter: float = 1.0,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``backbone`` (random init) to classify the training concepts of ``data``'s
     image set and write its state dict to ``out`` (safetensors) with ``out``.json beside it.
 
-    Returns a summary (also in the JSON): classes, images, final training accuracy and
-    loss, seconds, and the ``bci-train fit`` options that load the weights."""
+    ``progress(phase, done, total)``, when given, is called after every batch (``done``
+    and ``total`` count batches; ``phase`` names the epoch and the last epoch's loss and
+    accuracy).  Returns a summary (also in the JSON): classes, images, final training
+    accuracy and loss, seconds, and the ``bci-train fit`` options that load the weights."""
     import timm
     from safetensors.torch import save_file
-    from tqdm import tqdm
 
     from .data import ThingsEEG2, load_image_set
-    from .vision import _check_model_name, _create, resolve_device
+    from .vision import check_model_name, create_model, resolve_device
 
     for name, value in (("image_size", image_size), ("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+        check_positive(value, option_name(name), integer=True)
+    check_positive(lr, option_name("lr"))
+    check_type(color_jitter, (int, float), option_name("color_jitter"))
     if not 0 <= color_jitter <= 1:
-        raise ValueError(f"color_jitter must be a probability (0..1), got {color_jitter!r}")
-    out = Path(out).expanduser()
+        raise UsageError(f"{option_name('color_jitter')} must be a probability (0..1), got {color_jitter!r}")
+    out = check_path(out, option_name("out"))
     if out.suffix != ".safetensors":
-        raise ValueError(f"out must end in .safetensors, got {out.name!r}")
+        raise UsageError(f"{option_name('out')} must end in .safetensors, got {out.name!r}")
     root = Path(data).expanduser()
     if (root / "image_metadata.npy").is_file():
         images = load_image_set(root, "training")
     else:
         images = ThingsEEG2(root).image_set("training")
-    _check_model_name(backbone)
+    check_model_name(backbone)
     dev = resolve_device(device)
     started = time.perf_counter()
     torch.manual_seed(seed)
-    model = _create(timm, backbone, pretrained=False, img_size=image_size)
+    model = create_model(backbone, pretrained=False, img_size=image_size)
     n_out = getattr(model, "num_classes", 0)
     labels = torch.from_numpy(images.concept_index)
     n_classes = int(labels.max()) + 1
@@ -103,10 +105,12 @@ def pretrain_backbone(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
     history = []
-    bar = tqdm(range(epochs), desc=f"pretrain {backbone}", unit="epoch", file=sys.stderr, disable=None, leave=False)
-    for epoch in bar:
+    report = progress or (lambda *_: None)
+    step = 0
+    for epoch in range(epochs):
         order = torch.randperm(len(x_all), generator=gen)
         total, correct = 0.0, 0
+        last = f", loss {history[-1]['loss']:.3f}, accuracy {history[-1]['accuracy']:.3f}" if history else ""
         for idx in torch.split(order, batch_size):
             x = x_all[idx]
             # light augmentation: random flips and shifts keep it from memorising pixels
@@ -131,9 +135,9 @@ def pretrain_backbone(
             sched.step()
             total += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
+            step += 1
+            report(f"pretrain {backbone}: epoch {epoch + 1}/{epochs}{last}", step, steps)
         history.append({"epoch": epoch, "loss": total / len(x_all), "accuracy": correct / len(x_all)})
-        bar.set_postfix(loss=f"{total / len(x_all):.3f}", acc=f"{correct / len(x_all):.3f}")
-    bar.close()
     model.eval().cpu()
     with atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
@@ -144,5 +148,5 @@ def pretrain_backbone(
         "train_loss": history[-1]["loss"], "history": history, "seconds": round(time.perf_counter() - started, 1),
         "fit_options": f"--backbone {backbone} --weights {out} --image-size {image_size}",
     }
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
     return summary

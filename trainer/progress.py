@@ -1,33 +1,111 @@
-"""Progress bars on stderr for ``progress(phase, done, total)`` callbacks (synthetic data
-generation, fitting, the demo's preparation)."""
+"""Progress of long work: the ``progress(phase, done, total)`` callback protocol, one
+overall figure for a job made of several steps (:class:`JobProgress`), and the bar that
+shows it on stderr (:class:`ProgressBars`).
+
+The protocol: ``progress(phase, done, total)`` with ``phase`` a line of text saying what
+is being done now, and ``done`` / ``total`` integers.  ``bci-train fit``, ``bci-train
+sweep`` and the demo's preparation report the *whole job* in ``done`` / ``total`` (a bar
+over them ends when the job ends, and the average rate so far gives the time left for the
+whole job) and put the detail (which layer, which epoch) in ``phase``.  Simpler producers
+(:func:`trainer.synth.generate`) count the items of each phase in turn.  The same
+callbacks drive the terminal bar and the desktop window's status bar.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Callable, Mapping
 
-__all__ = ["ProgressBars"]
+__all__ = ["JobProgress", "Progress", "ProgressBars"]
+
+Progress = Callable[[str, int, int], None]
+
+#: integer resolution of a JobProgress report: the whole job is this many units at first
+_UNITS = 10_000
+
+
+class JobProgress:
+    """One overall ``(done, total)`` for a job made of named steps of estimated cost.
+
+    Parameters
+    ----------
+    report : callable(phase, done, total) | None
+        Where the overall progress goes (``None``: nowhere).
+    costs : mapping step name -> estimated cost
+        In any unit, the same for all steps (e.g. seconds on some machine); only the ratios
+        matter.  They shape the time-left estimate while the job is young: a bar's average
+        rate is in these units, so the better the ratios, the truer the estimate.
+
+    Each step advances from 0 to 1 through :meth:`update` (or the callback from
+    :meth:`callback`); :meth:`skip` drops a step (or the part of it already done, e.g. a
+    resumed layer) from the job, so the rate and the time left count only real work.
+    ``done`` never goes back while steps only advance.
+    """
+
+    def __init__(self, report: Progress | None, costs: Mapping[str, float]):
+        if not costs or any(not c >= 0 for c in costs.values()):
+            raise ValueError(f"costs must be non-negative numbers, got {dict(costs)!r}")
+        self._report = report
+        self.costs = {name: float(c) for name, c in costs.items()}
+        self.fraction = dict.fromkeys(self.costs, 0.0)
+        total = sum(self.costs.values())
+        self._scale = _UNITS / total if total > 0 else 1.0
+
+    def update(self, step: str, done: float, total: float, phase: str) -> None:
+        """Step ``step`` is ``done / total`` of the way; report the job's progress with ``phase``."""
+        self.fraction[step] = max(self.fraction[step], min(1.0, done / total) if total > 0 else 1.0)
+        if self._report is not None:
+            self._report(phase, *self.done_total())
+
+    def skip(self, step: str, share: float = 1.0) -> None:
+        """``share`` of step ``step`` (not started yet) needs no work: take it out of the job."""
+        self.costs[step] *= 1.0 - min(max(share, 0.0), 1.0)
+
+    def done_total(self) -> tuple[int, int]:
+        """The job's progress as integers ``(done, total)``."""
+        done = sum(self.costs[s] * f for s, f in self.fraction.items())
+        total = sum(self.costs.values())
+        return round(done * self._scale), max(1, round(total * self._scale))
+
+    def callback(self, step: str, prefix: str = "") -> Progress:
+        """A ``progress(phase, done, total)`` callback for the work of step ``step`` (a
+        sub-job reporting its own done/total), forwarded as ``prefix + phase``."""
+        return lambda phase, done, total: self.update(step, done, total, prefix + phase)
 
 
 class ProgressBars:
-    """A ``progress(phase, done, total)`` callback drawing one tqdm bar per phase on stderr
-    (hidden when stderr is not a terminal); a bar closes when its phase is done.  Call
-    :meth:`close` at the end."""
+    """A ``progress(phase, done, total)`` callback drawing one bar on stderr (hidden when
+    stderr is not a terminal): the share done, the time spent and left (from the average
+    rate since the bar started), then ``phase``.  The bar closes when ``done`` reaches ``total``;
+    a report whose ``done`` goes back (a new phase counting its own items) starts a new
+    bar.  Call :meth:`close` at the end."""
 
     def __init__(self):
-        self.bars: dict = {}
+        self.bar = None
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         from tqdm import tqdm
 
-        bar = self.bars.get(phase)
-        if bar is None:
-            bar = self.bars[phase] = tqdm(total=total, desc=phase, unit="", leave=False, file=sys.stderr,
-                                          disable=None, dynamic_ncols=True)
-        bar.n = done
-        bar.refresh()
+        if self.bar is not None and done < self.bar.n:
+            self.close()
+        if self.bar is None:
+            # smoothing=0: the rate is the average since the start, the right one for a
+            # job whose steps were weighted by their cost
+            # the detail last: a narrow terminal cuts it, never the bar or the time left
+            self.bar = tqdm(total=total, desc=phase, leave=False, file=sys.stderr, disable=None,
+                            dynamic_ncols=True, smoothing=0,
+                            bar_format="{percentage:3.0f}%|{bar:20}| {elapsed}<{remaining}  {desc}")
+        bar = self.bar
+        bar.total = total
+        bar.set_description_str(phase, refresh=False)
+        if done > bar.n:
+            bar.update(done - bar.n)  # redraws at most every 0.1 s
+        else:
+            bar.refresh()  # a new phase text, no progress
         if done >= total:
-            bar.close()
+            self.close()
 
     def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

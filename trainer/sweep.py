@@ -15,13 +15,18 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ._checks import check_positive
+from ._io import atomic_path, atomic_write_text
 from .config import FitConfig, default_cache_dir, layer_key, layer_list
+from .errors import BCIError, UsageError
+from .progress import JobProgress, Progress
 
 __all__ = ["sweep", "write_report"]
 
@@ -36,17 +41,24 @@ def sweep(
     seeds: Sequence[int],
     layers: str = "auto",
     jobs: int = 1,
+    overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Run the sweep into ``base.out``; returns the table rows (also written as
-    ``sweep.csv``, ``sweep.md`` and plots)."""
+    ``sweep.csv``, ``sweep.md`` and plots).
+
+    Each run is a :func:`trainer.fit.fit` into its own folder, with its rules: a finished
+    run of the same settings is kept (a sweep run again completes what is missing), an
+    interrupted one resumes, one of other settings is refused unless ``overwrite``.
+    ``progress(phase, done, total)`` follows each backbone's feature pass (in images), then
+    all the runs as one job."""
     from .datasets import load_fit_data
     from .fit import fit, image_features
     from .vision import load_backbone
 
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    check_positive(jobs, "--jobs (jobs)", integer=True)
     if not backbones or not subjects or not seeds:
-        raise ValueError("sweep: give at least one backbone, subject and seed")
+        raise UsageError("sweep: give at least one backbone, subject and seed (--backbones, --subjects, --seeds)")
     out = Path(base.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(base.cache).expanduser() if base.cache else default_cache_dir()
@@ -58,7 +70,8 @@ def sweep(
         swept = layer_list(layers, backbone.n_layers)
         # one pass over the images for every swept layer; the runs then read the cache
         data = load_fit_data(base.data, subjects[0], source=base.source, spec=base.spec, cache_dir=cache / "epochs")
-        image_features(backbone, dataclasses.replace(base, backbone=name), data.train_images, data.test_images, swept, cache)
+        image_features(backbone, dataclasses.replace(base, backbone=name), data.train_images, data.test_images, swept, cache,
+                       report=progress)
         info = {"backbone": name, "n_params": backbone.n_params, "n_layers": backbone.n_layers}
         for subject in subjects:
             for seed in seeds:
@@ -70,22 +83,25 @@ def sweep(
                     runs.append((cfg, dict(info, subject=subject, seed=seed, layer=layer)))
     logger.info("sweep: %d runs (%d backbone(s), %d subject(s), %d seed(s)), %d at a time", len(runs),
                 len(backbones), len(subjects), len(seeds), jobs)
+    # every run counts the same in the sweep's progress (one layer each)
+    labels = [f"run {i + 1}/{len(runs)} ({info['backbone']} sub-{info['subject']:02d} seed {info['seed']} "
+              f"{layer_key(info['layer'])})" for i, (_, info) in enumerate(runs)]
+    job = JobProgress(progress, dict.fromkeys(labels, 1.0))
+    lock = threading.Lock()
 
-    def run(item: tuple[FitConfig, dict]) -> dict:
-        cfg, info = item
+    def report(label: str, phase: str, done: int, total: int) -> None:
+        with lock:
+            job.update(label, done, total, phase)
+
+    def run(item: tuple[tuple[FitConfig, dict], str]) -> dict:
+        (cfg, info), label = item
         run_dir = Path(cfg.out)
         if jobs == 1:
-            metrics = fit(cfg)
+            metrics = fit(cfg, lambda phase, done, total: report(label, f"{label}: {phase}", done, total),
+                          overwrite=overwrite)
         else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "sweep-config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-            with open(run_dir / "log.txt", "w") as log:
-                proc = subprocess.run([sys.executable, "-m", "trainer.cli", "fit", "--config", str(run_dir / "sweep-config.json"),
-                                       "--data", cfg.data, "--out", cfg.out], stdout=log, stderr=subprocess.STDOUT,
-                                      env=dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs))))
-            if proc.returncode != 0:
-                raise RuntimeError(f"sweep run {run_dir} failed (exit {proc.returncode}); see {run_dir / 'log.txt'}")
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+            metrics = _fit_in_process(cfg, jobs, overwrite)
+            report(label, f"{label}: done", 1, 1)
         depth = None if info["layer"] == "final" else (info["layer"] + 1) / info["n_layers"]
         return {
             "backbone": info["backbone"], "n_params": info["n_params"], "n_layers": info["n_layers"],
@@ -96,12 +112,32 @@ def sweep(
         }
 
     if jobs == 1:
-        rows = [run(item) for item in runs]
+        rows = [run(item) for item in zip(runs, labels)]
     else:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            rows = list(pool.map(run, runs))
+            rows = list(pool.map(run, zip(runs, labels)))
     write_report(rows, out)
     return rows
+
+
+def _fit_in_process(cfg: FitConfig, jobs: int, overwrite: bool) -> dict:
+    """``bci-train fit`` for one sweep run in its own process (output in ``RUN/log.txt``);
+    its metrics.  A user error of the run (exit code 2) is a BCIError naming the run."""
+    run_dir = Path(cfg.out)
+    config = run_dir / "sweep-config.json"
+    atomic_write_text(config, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    log_path = run_dir / "log.txt"
+    with open(log_path, "w") as log:  # a log the run streams into (read it while it runs), not an artefact
+        proc = subprocess.run([sys.executable, "-m", "trainer.cli", "fit", "--config", str(config), "--data", cfg.data,
+                               "--out", cfg.out, *(["--overwrite"] if overwrite else [])],
+                              stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs))))
+    if proc.returncode == 2:  # bci-train's one-line user errors
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        raise BCIError(f"sweep run {run_dir} failed: {lines[-1] if lines else 'no output'} (log: {log_path})")
+    if proc.returncode != 0:
+        raise RuntimeError(f"sweep run {run_dir} failed (exit {proc.returncode}); see its traceback in {log_path}")
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def _mean_by(rows: list[dict], keys: tuple[str, ...], value: str) -> dict[tuple, float]:
@@ -119,7 +155,8 @@ def _save_plot(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -133,7 +170,7 @@ def write_report(rows: list[dict], out: Path) -> None:
 
     out = Path(out)
     fields = list(rows[0]) if rows else []
-    with open(out / "sweep.csv", "w", newline="") as fh:
+    with atomic_path(out / "sweep.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -191,4 +228,4 @@ def write_report(rows: list[dict], out: Path) -> None:
     lines += ["", "![top-1 vs depth](top1_vs_depth.png)"]
     if len(summary) >= 2:
         lines.append("![top-1 vs parameters](top1_vs_params.png)")
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "sweep.md", "\n".join(lines) + "\n")

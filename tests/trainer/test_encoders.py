@@ -7,6 +7,7 @@ import torch
 
 from trainer import encoders
 from trainer.encoders import EEGEncoder, create_encoder, encoder_config, list_encoders, register_encoder
+from trainer.errors import UsageError, UsageTypeError
 
 EMBED = 16
 
@@ -135,8 +136,19 @@ def test_shortest_input(name):
     enc = create_encoder(name, n_chans=3, n_times=min_times, embed_dim=EMBED)
     assert enc.eval()(_x(2, 3, min_times)).shape == (2, EMBED)
     if min_times > 1:
-        with pytest.raises(ValueError, match=f"n_times.*{min_times}"):
+        # epochs too short for the encoder are the user's data or --encoder: a one-line error
+        with pytest.raises(UsageError, match=f"n_times.*{min_times}"):
             create_encoder(name, n_chans=3, n_times=min_times - 1, embed_dim=EMBED)
+
+
+def test_argument_errors_are_usage_errors():
+    """What a user's option or bundle can get wrong is a BCIError (one line on the command line)."""
+    with pytest.raises(UsageError, match="eegproject"):
+        create_encoder("eegprojekt", n_chans=17, n_times=100, embed_dim=EMBED)
+    with pytest.raises(UsageTypeError, match="dropuot"):
+        create_encoder("eegproject", n_chans=17, n_times=100, embed_dim=EMBED, dropuot=0.1)
+    with pytest.raises(UsageError, match="n_chans"):
+        create_encoder("linear", n_chans=0, n_times=100, embed_dim=EMBED)
 
 
 def test_tsconv_matches_nice_geometry_and_dry_run_leaves_batchnorm_alone():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainer.errors import UsageError, UsageTypeError
 from trainer.losses import LogitScale, clip_loss
 
 EEG = [[1.0, 0.0], [0.6, 0.8], [-1.0, 1.0]]
@@ -140,14 +141,14 @@ def test_logit_scale_clamped_at_100():
     assert LogitScale(0.5, max_scale=10.0).scale == pytest.approx(2.0, rel=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(temperature=0.0), ValueError, "temperature"),
-    (dict(temperature=-1.0), ValueError, "temperature"),
-    (dict(temperature=float("nan")), ValueError, "temperature"),
-    (dict(temperature=0.005), ValueError, "temperature"),  # scale 200 > 100
-    (dict(temperature="0.07"), TypeError, "temperature"),
-    (dict(learnable=1), TypeError, "learnable"),
-    (dict(max_scale=0), ValueError, "max_scale"),
+@pytest.mark.parametrize("kwargs, error, match", [  # a user's --temperature: one-line errors
+    (dict(temperature=0.0), UsageError, "temperature"),
+    (dict(temperature=-1.0), UsageError, "temperature"),
+    (dict(temperature=float("nan")), UsageError, "temperature"),
+    (dict(temperature=0.005), UsageError, "temperature"),  # scale 200 > 100
+    (dict(temperature="0.07"), UsageTypeError, "temperature"),
+    (dict(learnable=1), UsageTypeError, "learnable"),
+    (dict(max_scale=0), UsageError, "max_scale"),
 ])
 def test_logit_scale_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):

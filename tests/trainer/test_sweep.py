@@ -6,7 +6,21 @@ import pytest
 
 from trainer import vision
 from trainer.config import FitConfig
+from trainer.errors import UsageError
 from trainer.sweep import sweep, write_report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Small models gain nothing from intra-op threads, and on a busy 2-core machine every
+    op's OpenMP barrier waits for a descheduled thread (pretraining 2 epochs here: 22 s with
+    1 thread, 60-80 s with 2); the setting is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_sweep_one_feature_pass_then_a_run_per_layer(tiny_dataset, tmp_path, monkeypatch):
@@ -21,8 +35,18 @@ def test_sweep_one_feature_pass_then_a_run_per_layer(tiny_dataset, tmp_path, mon
     base = FitConfig(data=str(tiny_dataset), out=str(tmp_path / "sweep"), backbone="vit_tiny_patch16_224",
                      weights="random", image_size=32, epochs=1, batch_size=128, proj_dim=16, embed_dim=32,
                      cache=str(tmp_path / "cache"), device="cpu")
-    rows = sweep(base, backbones=["vit_tiny_patch16_224"], subjects=[1], seeds=[0, 1], layers="0,3,final")
+    reports = []
+    rows = sweep(base, backbones=["vit_tiny_patch16_224"], subjects=[1], seeds=[0, 1], layers="0,3,final",
+                 progress=lambda *r: reports.append(r))
     assert len(calls) == 2  # training images and test images, all three layers each time
+    # the feature pass, then one progress for all the runs, the run and its layer/epoch in the phase
+    assert reports[0][0] == "image features of vit_tiny_patch16_224 (training images)"
+    runs = [r for r in reports if r[0].startswith("run ")]
+    assert reports[-len(runs):] == runs
+    assert len({total for _, _, total in runs}) == 1 and runs[-1][1] == runs[-1][2]
+    assert [done for _, done, _ in runs] == sorted(done for _, done, _ in runs)
+    assert any(phase.startswith("run 6/6 (vit_tiny_patch16_224 sub-01 seed 1 final): final (1/1): epoch 1/1")
+               for phase, _, _ in runs)
     assert all(sorted(map(str, c)) == ["0", "3", "final"] for c in calls)
     assert len(rows) == 6
     assert {(r["seed"], r["layer"]) for r in rows} == {(s, k) for s in (0, 1) for k in (0, 3, "final")}
@@ -31,6 +55,11 @@ def test_sweep_one_feature_pass_then_a_run_per_layer(tiny_dataset, tmp_path, mon
     with open(tmp_path / "sweep" / "sweep.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 6
     assert (tmp_path / "sweep" / "vit_tiny_patch16_224" / "sub-01" / "seed-1" / "layer_3" / "bundle.json").is_file()
+    # the same sweep again trains nothing: its finished runs are kept
+    import trainer.fit
+
+    monkeypatch.setattr(trainer.fit, "_train_layer", lambda *a, **k: pytest.fail("trained again"))
+    assert sweep(base, backbones=["vit_tiny_patch16_224"], subjects=[1], seeds=[0, 1], layers="0,3,final") == rows
 
 
 def test_report_across_backbones(tmp_path):
@@ -50,5 +79,7 @@ def test_report_across_backbones(tmp_path):
 def test_bad_layers(tiny_dataset, tmp_path):
     base = FitConfig(data=str(tiny_dataset), out=str(tmp_path / "s"), backbone="vit_tiny_patch16_224", weights="random",
                      image_size=32, cache=str(tmp_path / "cache"))
-    with pytest.raises(ValueError, match="0..11"):
+    with pytest.raises(UsageError, match="0..11"):
         sweep(base, backbones=["vit_tiny_patch16_224"], subjects=[1], seeds=[0], layers="1,30")
+    with pytest.raises(UsageError, match="--jobs"):
+        sweep(base, backbones=["vit_tiny_patch16_224"], subjects=[1], seeds=[0], jobs=0)

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from trainer.data.images import ImageSet  # noqa: E402
-from trainer.errors import BCIError  # noqa: E402
+from trainer.errors import BCIError, UsageError  # noqa: E402
 from trainer.vision import (  # noqa: E402
     POOLINGS,
     Backbone,
@@ -128,11 +128,46 @@ def test_random_weights_do_not_touch_global_rng():
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="'gpu0'"):
+    with pytest.raises(UsageError, match="'gpu0'"):  # a user's --device: one line, no traceback
         resolve_device("gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(BCIError, match="CUDA is not available"):
+        with pytest.raises(BCIError, match="CUDA is not available") as info:
             resolve_device("cuda:0")
+        assert "--device cpu" in str(info.value)  # said for the command line (and for Python)
+
+
+def test_loader_transform_is_timm_transform_bitwise(vit, cnn, images):
+    for backbone in (vit, cnn):
+        timm_transform, ours = backbone.transform(), backbone.loader_transform()
+        for image in images:
+            assert torch.equal(ours(image), timm_transform(image))
+
+
+def test_weights_file_load_is_logged_with_its_name(cnn, tmp_path, caplog):
+    path = tmp_path / "resnet10t.pth"
+    torch.save(cnn.model.state_dict(), path)
+    with caplog.at_level(logging.INFO):
+        load_backbone(CNN, str(path))
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "Loaded  from" in m]  # timm's line names nothing
+    assert [m for m in messages if "weights loaded from" in m and str(path) in m]
+
+
+def test_no_private_name_crosses_a_module():
+    """What two modules need is public in the lower one (STYLE.md), e.g.
+    vision.create_model / check_model_name for pretrain."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    crossing = []
+    for package in ("trainer", "bci_app"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    crossing += [f"{path.relative_to(root)}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                                 if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not crossing
 
 
 # --------------------------------------------------------------------------- one pass
@@ -369,7 +404,9 @@ def test_cache_key_distinguishes_settings(vit, cnn):
 def test_unknown_backbone_lists_close_names():
     with pytest.raises(BCIError) as info:
         load_backbone("vit_tiny_patch16_22")
-    assert "vit_tiny_patch16_224" in str(info.value) and "timm.list_models()" in str(info.value)
+    assert "vit_tiny_patch16_224" in str(info.value)
+    # how to list the names, for a command-line user as for a Python one
+    assert """python -c "import timm; print(timm.list_models('*pattern*'))\"""" in str(info.value)
 
 
 def test_missing_weights_file_named(tmp_path):
@@ -389,9 +426,11 @@ def test_layer_out_of_range(vit, cnn, images):
         extract_features(vit, images, [1.5])
 
 
-def test_bad_pooling_and_arguments(vit, images):
-    with pytest.raises(ValueError, match="pooling"):
+def test_bad_pooling_and_arguments(vit, cnn, images):
+    with pytest.raises(UsageError, match="pooling"):
         extract_features(vit, images, [1], pooling="max")
+    with pytest.raises(UsageError, match=r"--pooling mean \(pooling='mean' in Python"):
+        extract_features(cnn, images, [1], pooling="cls")
     with pytest.raises(ValueError, match="batch_size"):
         extract_features(vit, images, [1], batch_size=0)
     with pytest.raises(TypeError, match="images"):
