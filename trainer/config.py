@@ -19,8 +19,9 @@ __all__ = ["FINAL", "POOLINGS", "FitConfig", "default_cache_dir", "layer_key", "
 
 #: the name of a backbone's own final (pooled pre-logits) embedding among its layers
 FINAL = "final"
-#: the lowest initial temperature: the logit scale is clamped at 100 (trainer.losses.LogitScale)
-MIN_TEMPERATURE = 0.01
+#: the temperatures training keeps to: the logit scale is clamped within 1/100..100
+#: (trainer.losses.LogitScale), and a bundle refuses others (trainer.bundle.TEMPERATURE_RANGE)
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 #: how a transformer layer's tokens are pooled (a CNN stage's map is averaged: "mean"); see trainer.vision
 POOLINGS = ("mean", "cls", "mean+cls")
 
@@ -98,9 +99,10 @@ class FitConfig:
             check_positive(value, option_name(name))
             if not math.isfinite(value):
                 raise UsageError(f"{option_name(name)} must be a finite number, got {value!r}")
-        if self.temperature < MIN_TEMPERATURE:
-            raise UsageError(f"{option_name('temperature')} must be at least {MIN_TEMPERATURE} (a logit scale of at "
-                             f"most {1 / MIN_TEMPERATURE:g}, as in CLIP), got {self.temperature!r}")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            raise UsageError(f"{option_name('temperature')} must be within {MIN_TEMPERATURE} and {MAX_TEMPERATURE:g} "
+                             f"(a logit scale within {1 / MAX_TEMPERATURE:g}..{1 / MIN_TEMPERATURE:g}, as CLIP clamps it), "
+                             f"got {self.temperature!r}")
         check_positive(self.weight_decay, option_name("weight_decay"), strict=False)
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"{option_name('val_fraction')} must be between 0 and 1, got {self.val_fraction!r}")

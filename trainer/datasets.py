@@ -106,9 +106,10 @@ def _subject_trials(ds: ThingsEEG2 | None, root: Path, subject: int, source: str
         return train, test, meg_spec
     if source == "raw":
         from .data import load_npy_dict
+        from .data.things_eeg2 import RAW_KEYS, check_raw_dict
 
         first = ds.raw_paths(subject, "test")[0]
-        names = [n for n in load_npy_dict(first, required=("ch_names",))["ch_names"] if n != "stim"]
+        names = [n for n in check_raw_dict(load_npy_dict(first, required=RAW_KEYS), first)[1] if n != "stim"]
         spec = spec.resolve(names, source=first)
         return (_raw_trials(ds, subject, "training", spec, cache_dir),
                 _raw_trials(ds, subject, "test", spec, cache_dir), spec)

@@ -572,8 +572,7 @@ def evaluate_bundle(bundle_path: str | Path, data: str | Path, subject: int, *, 
         raise DataFormatError(bundle.path / "gallery.json", "items",
                               f"test image(s) {missing[:5]} of the data are not in the bundle's gallery")
     targets = np.array([lookup[int(i) + 1] for i in image_ids])
-    dev = resolve_device(device)
-    brain = bundle.brain.to(dev)
+    brain, dev = bundle.brain_on(resolve_device(device))
     metrics = evaluate_retrieval(brain, test, bundle.gallery, targets, device=dev)
     metrics.update({"subject": subject, "bundle": str(bundle.path), "layer": bundle.config["layer"]})
     return metrics

@@ -75,13 +75,16 @@ class LogitScale(nn.Module):
     Parameters
     ----------
     temperature : float
-        Initial temperature (CLIP: 0.07, i.e. a scale of about 14.3); must be at least
-        ``1 / max_scale``.
+        Initial temperature (CLIP: 0.07, i.e. a scale of about 14.3); must lie within
+        ``[1 / max_scale, max_scale]``.
     learnable : bool
         A trained parameter when True, a fixed buffer when False. Either way the value is
         stored under the same ``state_dict`` key, ``log_scale``.
     max_scale : float
-        ``forward`` clamps the log-scale so that ``exp(scale) <= max_scale`` (CLIP: 100).
+        ``forward`` clamps the log-scale so that ``exp(scale) <= max_scale`` (CLIP: 100),
+        and (so that a model always has a temperature a bundle accepts) so that
+        ``exp(scale) >= 1 / max_scale``: a temperature above ``max_scale`` leaves the
+        confidences uniform anyway.
 
     Notes
     -----
@@ -98,9 +101,10 @@ class LogitScale(nn.Module):
                 raise UsageError(f"{name} must be a finite number > 0, got {value!r}")
         if not isinstance(learnable, bool):
             raise UsageTypeError(f"learnable must be of type bool, got {type(learnable).__name__} ({learnable!r:.80})")
-        if temperature * max_scale < 1 - 1e-9:
+        if temperature * max_scale < 1 - 1e-9 or temperature > max_scale * (1 + 1e-9):
             raise UsageError(
-                f"temperature must be >= 1 / max_scale = {1 / max_scale:g}, got {temperature!r}"
+                f"temperature must be within 1 / max_scale = {1 / max_scale:g} and max_scale = {max_scale:g}, "
+                f"got {temperature!r}"
             )
         self.learnable = learnable
         self.max_log_scale = math.log(float(max_scale))
@@ -111,13 +115,13 @@ class LogitScale(nn.Module):
             self.register_buffer("log_scale", init)
 
     def forward(self) -> Tensor:
-        """The scalar log-scale, clamped to ``<= log(max_scale)``."""
-        return self.log_scale.clamp(max=self.max_log_scale)
+        """The scalar log-scale, clamped to ``[-log(max_scale), log(max_scale)]``."""
+        return self.log_scale.clamp(min=-self.max_log_scale, max=self.max_log_scale)
 
     @torch.no_grad()
     def clamp_(self) -> "LogitScale":
         """Clamp the stored value in place (call after an optimiser step)."""
-        self.log_scale.clamp_(max=self.max_log_scale)
+        self.log_scale.clamp_(min=-self.max_log_scale, max=self.max_log_scale)
         return self
 
     @property

@@ -375,6 +375,9 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
         _save(tmp_path / "a", model, feats, ids=(1, 2, 3, 4, 2**31))
     with pytest.raises(UsageError, match="unique"):
         _save(tmp_path / "b", model, feats, ids=(1, 2, 3, 4, 1))
+    from trainer.losses import LogitScale
+
+    model.logit_scale = LogitScale(max_scale=1e6)  # a model clamped more loosely than training's
     with torch.no_grad():
         model.logit_scale.log_scale.fill_(-10.0)  # temperature e^10: beyond the range
     with pytest.raises(UsageError, match="temperature"):

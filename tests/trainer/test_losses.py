@@ -153,3 +153,19 @@ def test_logit_scale_clamped_at_100():
 def test_logit_scale_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         LogitScale(**kwargs)
+
+
+def test_the_learned_temperature_stays_where_a_bundle_accepts_it():
+    """The scale is clamped from both sides: a run cannot end with a temperature the
+    bundle refuses (trainer.bundle.TEMPERATURE_RANGE)."""
+    from trainer.bundle import TEMPERATURE_RANGE
+
+    scale = LogitScale(temperature=0.07)
+    for value in (-20.0, 20.0):
+        with torch.no_grad():
+            scale.log_scale.fill_(value)
+        assert TEMPERATURE_RANGE[0] <= scale.temperature <= TEMPERATURE_RANGE[1]
+        scale.clamp_()
+        assert abs(float(scale.log_scale.detach())) <= math.log(100.0) + 1e-6
+    with pytest.raises(UsageError, match="within"):
+        LogitScale(temperature=150.0)
