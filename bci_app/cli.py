@@ -203,7 +203,7 @@ def _decode_headless(args: argparse.Namespace) -> int:
     summary["stopped_because"] = reason
     print(format_summary(summary), file=sys.stderr, flush=True)
     if args.summary:
-        from trainer._io import atomic_write_text
+        from trainer.files import atomic_write_text
 
         atomic_write_text(args.summary, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     if failure is not None:

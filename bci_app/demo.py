@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from trainer._io import atomic_write_text
+from trainer.files import atomic_write_text
 from trainer.progress import JobProgress, Progress
 
 __all__ = ["DemoFiles", "DemoReplay", "demo_dir", "prepare_demo", "start_replay"]

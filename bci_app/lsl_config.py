@@ -37,8 +37,8 @@ def quiet_liblsl() -> Path | None:
     configuration of their own or liblsl is already loaded.  Returns the file used."""
     if user_liblsl_config() is not None or "mne_lsl.lsl" in sys.modules or "pylsl" in sys.modules:
         return None
-    from trainer._io import atomic_write_text
     from trainer.config import default_cache_dir
+    from trainer.files import atomic_write_text
 
     path = default_cache_dir() / "lsl_api.cfg"
     try:

@@ -32,8 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainer._io import atomic_write_text
 from trainer.errors import DataFormatError
+from trainer.files import atomic_write_text
 
 __all__ = ["FIF_NAME", "JOURNAL_NAME", "RecorderFeed", "SessionRecorder", "finalize_recording", "recording_file"]
 

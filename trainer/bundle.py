@@ -31,8 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._io import atomic_path, atomic_write_text
 from .errors import DataFormatError, UsageError
+from .files import atomic_path, atomic_write_text
 from .losses import LogitScale
 from .preprocessing import PreprocessingSpec
 
@@ -596,10 +596,10 @@ def retarget_bundle(
     default to 1..N (the marker codes the app will match), ``concepts`` to each file's
     parent folder name.
     """
-    from ._io import atomic_write_bytes
     from .config import layer_key
     from .data.images import open_rgb
     from .errors import BCIError
+    from .files import atomic_write_bytes
     from .model import normalised_embedding
     from .vision import extract_features, load_backbone
 

@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 
 from ._checks import check_option
-from ._io import atomic_path
 from .data import ThingsEEG2, TrialSet, read_things_meg, things_meg_path, trials_from_raw
 from .data.images import ImageSet
 from .errors import DataFormatError
+from .files import atomic_path
 from .preprocessing import NAMED_SPECS, PreprocessingSpec
 
 __all__ = ["SOURCES", "SubjectData", "load_fit_data", "load_test_data"]

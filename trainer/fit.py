@@ -31,12 +31,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ._io import atomic_path, atomic_write_text
 from .bundle import save_bundle
 from .config import FitConfig, default_cache_dir, layer_key, layer_list, parse_layer
 from .data.splits import validation_split
 from .datasets import SubjectData, load_fit_data
 from .errors import UsageError
+from .files import atomic_path, atomic_write_text
 from .losses import clip_loss
 from .metrics import kway_accuracy, topk_accuracy
 from .model import AlignmentModel, embed_epochs, normalised_embedding

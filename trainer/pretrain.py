@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ._checks import check_path, check_positive, check_type
-from ._io import atomic_path, atomic_write_text
 from .config import option_name
 from .errors import BCIError, UsageError
+from .files import atomic_path, atomic_write_text
 
 __all__ = ["pretrain_backbone"]
 

@@ -23,9 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._checks import check_positive
-from ._io import atomic_path, atomic_write_text
 from .config import FitConfig, default_cache_dir, layer_key, layer_list
 from .errors import BCIError, UsageError
+from .files import atomic_path, atomic_write_text
 from .progress import JobProgress, Progress
 
 __all__ = ["sweep", "write_report"]

@@ -47,10 +47,10 @@ import numpy as np
 import torch
 
 from ._checks import check_option, check_path, check_positive, check_type
-from ._io import atomic_path
 from .config import FINAL, POOLINGS, layer_key, layer_of_key
 from .data.images import open_rgb
 from .errors import BCIError, UsageError, UsageTypeError
+from .files import atomic_path
 
 __all__ = [
     "Backbone",

@@ -40,8 +40,14 @@ def run_window(args) -> int:
     previous_hook = sys.excepthook
     sys.excepthook = excepthook
     if args.screenshot:
+        def saved(path: str) -> None:  # "" when it could not be written (the error was shown)
+            if path:
+                print(f"bci-app: screenshot saved to {path}", file=sys.stderr, flush=True)
+            state["code"] = 0 if path else 2
+            window.close()
+
         window.screenshot_after(args.max_epochs or 1, args.screenshot)
-        window.screenshot_saved.connect(lambda path: (state.__setitem__("code", 0 if path else 2), window.close()))
+        window.screenshot_saved.connect(saved)
         window.error_shown.connect(fail)
     elif args.max_epochs:
         window.epochs_decoded.connect(lambda n: window.close() if n >= args.max_epochs else None)

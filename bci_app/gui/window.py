@@ -9,6 +9,7 @@ widgets and preallocated buffers.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -224,7 +225,7 @@ class MainWindow(QMainWindow):
         s.setValue("model/top_k", self.model.top_k.value())
         s.setValue("record/folder", str(self.record_dir))
         if self.bundle is not None:
-            s.setValue("model/bundle", str(self.bundle.path))
+            s.setValue("model/bundle", os.path.abspath(self.bundle.path))  # the next start may run elsewhere
         s.sync()
 
     # -- errors and progress ----------------------------------------------------------
@@ -314,7 +315,7 @@ class MainWindow(QMainWindow):
         self.model.open_button.setEnabled(True)
         self.model.show_bundle(self.bundle)
         self.candidates.set_gallery(self.gallery)
-        self.settings.setValue("model/bundle", str(self.bundle.path))
+        self.settings.setValue("model/bundle", os.path.abspath(self.bundle.path))
         self.note(f"bundle loaded: {self.bundle.path} ({len(self.bundle.items)} images)")
         self.bundle_loaded.emit(str(self.bundle.path))
         then, self._after_bundle = self._after_bundle, None
@@ -482,10 +483,11 @@ class MainWindow(QMainWindow):
     # -- screenshots --------------------------------------------------------------------
     def screenshot_after(self, n_epochs: int, path: str | Path) -> None:
         """Save the window to ``path`` once ``n_epochs`` epochs are decoded (then emits
-        ``screenshot_saved``)."""
-        self._screenshot = (int(n_epochs), str(path))
+        ``screenshot_saved`` with the absolute path, or ``""`` when it could not be written)."""
+        self._screenshot = (int(n_epochs), os.path.abspath(path))
 
     def _take_screenshot(self, path: str) -> None:
+        path = os.path.abspath(path)
         self.signal.redraw()
         pixmap = self.grab()
         if not pixmap.save(path):

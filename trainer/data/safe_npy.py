@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_path
 from ..errors import DataFormatError, ForbiddenPickleError
+from ..files import atomic_path
 
 __all__ = ["load_npy_dict", "load_npy_object", "save_npy_dict"]
 
