@@ -2,8 +2,9 @@
 
 An EEG outlet stamps its samples with the sender's clock (liblsl deduces the stamps of
 the samples of a chunk from the chunk's stamp and the nominal rate).  Those raw stamps
-jitter by the sender's scheduling, drift slowly against the nominal rate, and jump when
-samples are lost, when the stream restarts, or when the sender's clock jumps.
+jitter by the sender's scheduling, drift against the nominal rate (a device whose true
+rate is 0.1 % or even 1 % off its nominal one), and jump when samples are lost, when the
+stream restarts, or when the sender's clock jumps.
 
 liblsl's own ``dejitter`` smooths the stamps with a regression of long memory: a jump of
 +10 s becomes a ramp of distorted stamps lasting minutes, and ``monotonize`` turns a jump
@@ -11,11 +12,13 @@ back into minutes of identical stamps.  A marker matched to such samples cuts it
 from the wrong data.  So the app takes the raw (clock-corrected) stamps and runs
 :class:`Timeline` on them instead:
 
-- within a segment, the time of sample ``n`` is ``n / sfreq + offset``, where ``offset``
-  follows the raw stamps with a time constant of a few seconds (it averages the jitter
-  out and absorbs a slow drift of the sender's rate);
+- within a segment, the time of sample ``n`` is a straight line in ``n``, fitted to the
+  raw stamps by least squares weighted with a memory of ``time_constant`` seconds: it
+  averages the jitter out and follows the sender's true rate and its slow drift;
 - a raw stamp further than ``tolerance`` from that line (forward: samples lost, a
-  restart; backward: the sender's clock went back) starts a new segment there: a *gap*.
+  restart; backward: the sender's clock went back) that stays at that distance for
+  ``confirm`` seconds of samples starts a new segment there: a *gap* (the line keeps its
+  rate, its offset jumps).  One chunk off the line and then back is jitter.
   The tolerance is ``max(min_tolerance, 8 x the measured jitter)``.
 
 A stream with exact stamps (a replay, a hardware-stamped amplifier) gets its raw stamps
@@ -54,6 +57,63 @@ class _Suspect:
     seen: int = 0  # samples since, still at that jump
 
 
+class _LineFit:
+    """Exponentially weighted least squares of ``y ~ a + b (n - n0)``: ``y`` is a raw stamp
+    minus the nominal time ``n / sfreq`` (small numbers), ``n`` the sample index."""
+
+    def __init__(self, memory: float, min_span: float):
+        self.lam = math.exp(-1.0 / memory)  # weight kept per sample
+        self.min_var = min_span * min_span / 12.0  # the spread of n before the slope is used
+        self.n0 = 0
+        self.s = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.start: float | None = None  # the first y: the line before anything is fitted
+
+    def line(self) -> tuple[float, float]:
+        """(a, b): the fitted line at ``n0``, and its slope per sample."""
+        if self.s < 1e-12:
+            return (self.start or 0.0), 0.0
+        mx, my = self.sx / self.s, self.sy / self.s
+        var = self.sxx / self.s - mx * mx
+        if var < self.min_var:  # too short a span to trust a slope: the mean only
+            return my, 0.0
+        b = (self.sxy / self.s - mx * my) / var
+        return my - b * mx, b
+
+    def predict(self, n: np.ndarray) -> np.ndarray:
+        a, b = self.line()
+        return a + b * (n - self.n0)
+
+    def add(self, n: np.ndarray, y: np.ndarray) -> None:
+        if not len(n):
+            return
+        if self.start is None:
+            self.start = float(y[0])
+        if abs(float(n[-1]) - self.n0) > 1e6:
+            self._recentre(int(n[-1]))
+        x = n - self.n0
+        w = self.lam ** np.arange(len(n) - 1, -1, -1, dtype=np.float64)
+        decay = self.lam ** len(n)
+        self.s = decay * self.s + float(w.sum())
+        self.sx = decay * self.sx + float(w @ x)
+        self.sy = decay * self.sy + float(w @ y)
+        self.sxx = decay * self.sxx + float(w @ (x * x))
+        self.sxy = decay * self.sxy + float(w @ (x * y))
+
+    def shift(self, jump: float) -> None:
+        """The line jumps by ``jump`` (a break): its rate stays."""
+        self.sy += jump * self.s
+        self.sxy += jump * self.sx
+        if self.start is not None:
+            self.start += jump
+
+    def _recentre(self, n0: int) -> None:
+        c = float(n0 - self.n0)
+        self.sxx += -2.0 * c * self.sx + c * c * self.s
+        self.sxy -= c * self.sy
+        self.sx -= c * self.s
+        self.n0 = n0
+
+
 class Timeline:
     """Turns the raw stamps of a regular stream into smooth sample times, segment by
     segment (see the module docstring).
@@ -69,22 +129,23 @@ class Timeline:
     sfreq : float
         The stream's nominal rate.
     time_constant : float
-        Seconds over which the offset follows the raw stamps.
+        Seconds of stamps the line is fitted to (their weight halves every 0.7 of it).
     min_tolerance : float
         Smallest jump (s) that breaks the timeline; the jitter measured raises it.
     confirm : float
         Seconds of samples at the new line that make a jump a break.
     """
 
-    def __init__(self, sfreq: float, *, time_constant: float = 5.0, min_tolerance: float = 0.01,
+    def __init__(self, sfreq: float, *, time_constant: float = 10.0, min_tolerance: float = 0.01,
                  confirm: float = 0.2):
         if not sfreq > 0 or not math.isfinite(sfreq):
             raise ValueError(f"sfreq must be a positive number, got {sfreq!r}")
-        self.dt = 1.0 / float(sfreq)
-        self.time_constant = float(time_constant) * float(sfreq)  # in samples
+        self.sfreq = float(sfreq)
+        self.dt = 1.0 / self.sfreq
         self.min_tolerance = float(min_tolerance)
         self.confirm = max(int(round(confirm * sfreq)), 1)  # in samples
-        self.offset: float | None = None  # time of sample n is n * dt + offset
+        self._fit = _LineFit(memory=time_constant * self.sfreq, min_span=1.0 * self.sfreq)
+        self._jitter_memory = 2.0 * self.sfreq  # samples over which the jitter estimate follows
         self.jitter = 0.002  # mean |residual| (s), a cautious start
         self.settled = 0
         self._suspect: _Suspect | None = None
@@ -92,6 +153,11 @@ class Timeline:
     @property
     def tolerance(self) -> float:
         return max(self.min_tolerance, 8.0 * self.jitter)
+
+    @property
+    def rate(self) -> float:
+        """The sender's rate as fitted (the nominal rate until a second of stamps is in)."""
+        return 1.0 / (self.dt + self._fit.line()[1])
 
     def add(self, first: int, raw: np.ndarray) -> tuple[np.ndarray, list[Break], list[tuple[int, int, float]]]:
         """Place samples ``first, first + 1, ...`` whose raw stamps are ``raw``.
@@ -102,59 +168,56 @@ class Timeline:
         stamp counts as on the line.  The stream's first sample starts its first segment.
         """
         raw = np.asarray(raw, dtype=np.float64)
-        line = np.arange(first, first + len(raw), dtype=np.float64) * self.dt
+        n = np.arange(first, first + len(raw), dtype=np.float64)
+        y = raw - n * self.dt  # stamp minus nominal time
         out = np.full_like(raw, np.nan)
         breaks: list[Break] = []
         fixes: list[tuple[int, int, float]] = []
+        if self._fit.start is None:
+            finite = np.flatnonzero(np.isfinite(y))
+            if not len(finite):  # no usable stamp yet: nothing to place these samples by
+                return out, breaks, fixes
+            self._fit.start = float(y[finite[0]])
         i = 0
         while i < len(raw):
-            if self.offset is None:
-                finite = np.flatnonzero(np.isfinite(raw[i:]))
-                if not len(finite):  # no usable stamp yet: nothing to place these samples by
-                    break
-                self.offset = float(raw[i + finite[0]] - line[i + finite[0]])
-            resid = raw[i:] - (line[i:] + self.offset)
+            pred = self._fit.predict(n[i:])
+            resid = y[i:] - pred
             resid[~np.isfinite(resid)] = 0.0
             tol = self.tolerance
             sus = self._suspect
             if sus is None:
                 off = np.flatnonzero(np.abs(resid) > tol)
                 j = int(off[0]) if len(off) else len(resid)
-                out[i:i + j] = line[i:i + j] + self.offset
+                out[i:i + j] = n[i:i + j] * self.dt + pred[:j]
                 if j:
-                    self._follow(resid[:j])
+                    self._fit.add(n[i:i + j], pred[:j] + resid[:j])
+                    self._follow_jitter(resid[:j])
                 if j < len(resid):
                     self._suspect = _Suspect(first + i + j, float(resid[j]))
                 i += j
                 continue
             # a suspect is open: samples at its jump extend it; a sample back on the line
-            # ends it (jitter); a sample elsewhere confirms it and opens another
+            # ends it (jitter); a sample elsewhere confirms it (and opens another)
             same = np.abs(resid - sus.jump) <= tol
             j = int(np.argmin(same)) if not same.all() else len(resid)
             take = min(j, self.confirm - sus.seen)
-            out[i:i + take] = line[i:i + take] + self.offset
+            out[i:i + take] = n[i:i + take] * self.dt + pred[:take]
             sus.seen += take
             i += take
             if sus.seen >= self.confirm or (i < len(raw) and abs(resid[take]) > tol):
-                # a break: the samples from the suspect on belong to the new line
-                start = sus.index
+                start = sus.index  # a break: the samples from the suspect on belong to the new line
                 if start < first:  # given out before this call: the caller corrects them
                     fixes.append((start, first, sus.jump))
                 out[max(start - first, 0):i] += sus.jump
-                breaks.append(Break(start, sus.jump, max(int(round(sus.jump / self.dt)), 0)))
-                self.offset += sus.jump
+                breaks.append(Break(start, sus.jump, max(int(round(sus.jump * self.sfreq)), 0)))
+                self._fit.shift(sus.jump)
                 self._suspect = None
             elif i < len(raw):  # back on the line: it was a late (or early) chunk, jitter
-                self._follow(np.full(sus.seen, sus.jump), move=False)
+                self._follow_jitter(np.full(sus.seen, sus.jump))
                 self._suspect = None
         self.settled = self._suspect.index if self._suspect is not None else first + len(raw)
         return out, breaks, fixes
 
-    def _follow(self, resid: np.ndarray, move: bool = True) -> None:
-        """Move the offset toward the residuals of ``len(resid)`` samples (unless they
-        were an outlier, ``move=False``), and update the jitter estimate."""
-        m = len(resid)
-        a = 1.0 - math.exp(-m / self.time_constant)
-        if move:
-            self.offset += a * float(resid.mean())
+    def _follow_jitter(self, resid: np.ndarray) -> None:
+        a = 1.0 - math.exp(-len(resid) / self._jitter_memory)
         self.jitter += a * (float(np.abs(resid).mean()) - self.jitter)

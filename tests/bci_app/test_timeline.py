@@ -91,3 +91,20 @@ def test_non_finite_stamps_keep_the_line():
     out, breaks, _ = _place(raw, 5, sfreq=100.0)
     assert breaks == [] and np.isfinite(out).all()
     np.testing.assert_allclose(out, T0 + np.arange(100) / 100.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("true_rate", [252.5, 249.9875, 250.0])
+def test_a_sender_whose_true_rate_is_off_its_nominal_one_is_followed_not_broken(true_rate):
+    """A device 1 % fast, one 50 ppm slow, one exact; 10-sample chunks stamped when pushed
+    (jitter): no break, times within the jitter of the truth, the rate found."""
+    rng = np.random.default_rng(1)
+    true = T0 + np.arange(60 * 250) / true_rate
+    raw = true.copy()
+    for c in range(0, len(raw), 10):
+        raw[c:c + 10] += rng.exponential(0.002)
+    out, breaks, tl = _place(raw, 10, sfreq=250.0)
+    assert breaks == []
+    settled = out[5 * 250:] - true[5 * 250:]
+    assert abs(np.median(settled)) < 0.004  # the mean push delay (2 ms), no lag behind the drift
+    assert np.abs(settled - np.median(settled)).max() < 0.003  # the jitter averaged out
+    assert abs(tl.rate - true_rate) < 0.01
