@@ -1,4 +1,4 @@
-"""Writing files: atomic writes: a reader (or a crash) sees the old file or the new one, never half
+"""Writing files atomically: a reader (or a crash) sees the old file or the new one, never half
 of one.  Every file the project writes goes through :func:`atomic_path`."""
 
 from __future__ import annotations
