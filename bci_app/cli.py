@@ -212,17 +212,16 @@ def _decode_headless(args: argparse.Namespace) -> int:
 
 
 def _window_entry():
-    """The window's entry point, or a one-line error when there is no screen or no Qt."""
-    import os
+    """The window's entry point, or a one-line error when the window cannot open here (no
+    display, or Qt's system libraries missing: then the exact install line; see
+    :mod:`bci_app.display`).  Qt itself is loaded only once that is known to work."""
+    from .display import require_window_support
 
-    if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
-            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
-        raise BCIError("no display for the window (neither DISPLAY nor WAYLAND_DISPLAY is set): run with "
-                       "--headless, or set QT_QPA_PLATFORM=offscreen (e.g. for --screenshot)")
+    require_window_support()
     try:
         import importlib
 
-        importlib.import_module("PySide6.QtWidgets")  # fails here when Qt's system libraries are missing
+        importlib.import_module("PySide6.QtWidgets")
         from .gui import run_window
     except ImportError as err:
         raise BCIError(f"the window needs Qt (PySide6), which does not load here: {err}; "
@@ -278,6 +277,9 @@ def _cmd_sys_info(args: argparse.Namespace) -> int:
         print(f"Qt: {QtCore.qVersion()}")
     except Exception as err:
         print(f"Qt: not loadable ({err})")
+    from .display import check_window_support
+
+    print(f"window: {check_window_support().describe()}")
     return 0
 
 

@@ -171,3 +171,23 @@ def counter_outlet(stream_name):
     yield start
     for o in outlets:
         o.stop()
+
+
+@pytest.fixture
+def free_display():
+    """free_display() -> a display number no X server uses (no socket file, no lock, no
+    abstract socket)."""
+    from pathlib import Path
+
+    def find() -> int:
+        try:
+            unix = Path("/proc/net/unix").read_text()
+        except OSError:
+            unix = ""
+        for n in range(170, 400):
+            if not (Path(f"/tmp/.X11-unix/X{n}").exists() or Path(f"/tmp/.X{n}-lock").exists()
+                    or f"@/tmp/.X11-unix/X{n}\n" in unix):
+                return n
+        pytest.skip("no free X display number")
+
+    return find

@@ -70,7 +70,32 @@ def test_the_window_without_a_display_is_a_clear_error(monkeypatch, capsys):
         monkeypatch.delenv(var, raising=False)
     assert main(["--demo"]) == 2
     err = capsys.readouterr().err
-    assert "no display for the window" in err and "--headless" in err
+    assert err.startswith("bci-app: error: the window cannot open here") and err.count("\n") == 1
+    assert "no display" in err and "--headless" in err
+
+
+def test_the_window_where_no_x_server_runs_is_a_clear_error_not_an_abort(tmp_path, free_display):
+    """Qt aborts the process (SIGABRT) when its xcb plugin cannot start: bci-app asks a
+    probe first and says why, with the install line when libraries are missing."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("xcb is for Linux")
+    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY")}
+    env.update(DISPLAY=f":{free_display()}", XDG_CONFIG_HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path))
+    code = "import sys; from bci_app.cli import main; sys.exit(main())"
+    run = subprocess.run([sys.executable, "-c", code, "--demo", "--demo-dir", str(tmp_path / "demo")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "bci-app: error: the window cannot open here" in run.stderr
+    assert "apt-get install" in run.stderr or "cannot connect to the X display" in run.stderr
+    assert not (tmp_path / "demo").exists()  # nothing was prepared for a window that cannot open
+
+
+def test_sys_info_says_whether_the_window_can_open(capsys):
+    assert main(["sys-info"]) == 0
+    out = capsys.readouterr().out
+    assert "liblsl:" in out and "Qt:" in out
+    window = [line for line in out.splitlines() if line.startswith("window: ")]
+    assert len(window) == 1 and "off screen" in window[0]  # the tests draw off screen
 
 
 def test_a_stream_that_is_not_there_is_named(tiny_bundle, capsys):

@@ -190,3 +190,38 @@ def test_keyboard_shortcuts_reach_their_actions(qtbot, window):
     qtbot.waitUntil(win.isActiveWindow, timeout=5000)
     qtbot.keyClick(win, Qt.Key_L, Qt.ControlModifier)  # connect, with no bundle: an error in the window
     assert "open a model bundle first" in win.banner.message
+
+
+def test_the_bundle_is_remembered_by_its_absolute_path(qtbot, tmp_path, tiny_bundle, monkeypatch):
+    from PySide6.QtCore import QSettings
+
+    from bci_app.gui.window import MainWindow
+
+    path = str(tmp_path / "settings.ini")
+    monkeypatch.chdir(tiny_bundle.parent)
+    win = MainWindow(settings=QSettings(path, QSettings.IniFormat))
+    qtbot.addWidget(win)
+    _load(qtbot, win, tiny_bundle.name)  # relative to the working folder
+    assert win.settings.value("model/bundle") == str(tiny_bundle)
+    win.close()  # saves the settings again
+    monkeypatch.chdir(tmp_path)  # the next start runs elsewhere
+    remembered = QSettings(path, QSettings.IniFormat).value("model/bundle")
+    assert remembered == str(tiny_bundle) and (tmp_path / remembered / "bundle.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_screenshot_run_says_where_it_saved(tiny_bundle, lead_session, play, stream_name, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    play(lead_session)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path / "config"))
+    run = subprocess.run([sys.executable, "-c", "import sys; from bci_app.cli import main; sys.exit(main())",
+                          "--bundle", str(tiny_bundle), "--stream", stream_name, "--timeout", "20",
+                          "--screenshot", "shot.png", "--max-epochs", "2"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shot = tmp_path / "shot.png"
+    assert shot.is_file()
+    assert f"bci-app: screenshot saved to {shot}\n" in run.stderr
