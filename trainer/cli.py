@@ -260,7 +260,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"pretrained {summary['backbone']} on {summary['images']} images of {summary['classes']} training concepts "
           f"in {summary['seconds']:.0f} s: training accuracy {summary['train_accuracy']:.3f}")
     print(f"weights: {summary['weights']}")
-    print(f"use with: bci-train fit {summary['fit_options']} ...")
+    print(f"use with: bci-train fit --data DIR --subject N --out RUN {summary['fit_options']}")
     return 0
 
 

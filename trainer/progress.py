@@ -74,16 +74,22 @@ class JobProgress:
 
 
 class ProgressBars:
-    """A ``progress(phase, done, total)`` callback drawing one bar on stderr (hidden when
-    stderr is not a terminal): the share done, the time spent and left (from the average
-    rate since the bar started), then ``phase``.  The bar closes when ``done`` reaches ``total``;
-    a report whose ``done`` goes back (a new phase counting its own items) starts a new
-    bar.  Call :meth:`close` at the end."""
+    """A ``progress(phase, done, total)`` callback drawing one bar on stderr: the share
+    done, the time spent and left (from the average rate since the bar started), then
+    ``phase``.  The bar closes when ``done`` reaches ``total``; a report whose ``done``
+    goes back (a new phase counting its own items) starts a new bar.  When stderr is not a
+    terminal (a log file, CI) there is no bar: a log line every 10 % says the same.  Call
+    :meth:`close` at the end."""
 
-    def __init__(self):
+    def __init__(self, *, terminal: bool | None = None):
         self.bar = None
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self._logged = (-1, 0.0, 0)  # (tenths logged, start time, last done) when there is no terminal
 
     def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.terminal:
+            self._log(phase, done, total)
+            return
         from tqdm import tqdm
 
         if self.bar is not None and done < self.bar.n:
@@ -105,7 +111,27 @@ class ProgressBars:
         if done >= total:
             self.close()
 
+    def _log(self, phase: str, done: int, total: int) -> None:
+        import logging
+        import time
+
+        tenths, started, last = self._logged
+        if tenths < 0 or done < last:  # a new job, or a new phase counting its own items
+            tenths, started = -1, time.monotonic()
+        now = min(int(10 * done / total), 10) if total > 0 else 10
+        if now > tenths:
+            elapsed = time.monotonic() - started
+            left = f", about {_duration(elapsed * (total - done) / done)} left" if 0 < done < total else ""
+            logging.getLogger("trainer").info("%d%% done after %s%s: %s", 10 * now, _duration(elapsed), left, phase)
+            tenths = now
+        self._logged = (tenths, started, done) if done < total else (-1, 0.0, 0)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
