@@ -121,6 +121,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
         sys.setswitchinterval(0.0005)
         import torch
 
+        args.training_threads = torch.get_num_threads()  # torch's own choice, for the demo's first fit
         torch.set_num_threads(args.threads)
         return run_window(args)
     return _run_headless(args)

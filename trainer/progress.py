@@ -121,7 +121,8 @@ class ProgressBars:
         now = min(int(10 * done / total), 10) if total > 0 else 10
         if now > tenths:
             elapsed = time.monotonic() - started
-            left = f", about {_duration(elapsed * (total - done) / done)} left" if 0 < done < total else ""
+            left = time_left(done, total, elapsed, min_elapsed=0.0)
+            left = f", {left}" if left else ""
             logging.getLogger("trainer").info("%d%% done after %s%s: %s", 10 * now, _duration(elapsed), left, phase)
             tenths = now
         self._logged = (tenths, started, done) if done < total else (-1, 0.0, 0)
@@ -135,3 +136,11 @@ class ProgressBars:
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def time_left(done: int, total: int, elapsed: float, *, min_elapsed: float = 3.0) -> str | None:
+    """"about 1 min 30 s left" for a job ``done`` of ``total`` after ``elapsed`` seconds
+    (the average rate since it began), or None before there is enough to tell."""
+    if not 0 < done < total or elapsed < min_elapsed:
+        return None
+    return f"about {_duration(elapsed * (total - done) / done)} left"

@@ -138,13 +138,11 @@ def _start_demo(window, args, state) -> None:
         window.load_bundle(files.bundle, then=connect)
 
     def prepare(progress):
-        import os
-
         import torch
 
-        # training uses every core; decoding (later) the --threads the app was given
+        # training with torch's own thread count; decoding (later) with the --threads given
         threads = torch.get_num_threads()
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(getattr(args, "training_threads", None) or threads)
         try:
             return prepare_demo(args.demo_dir, progress=progress)
         finally:

@@ -17,6 +17,8 @@ from PySide6.QtCore import QObject, QSettings, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar, QScrollArea, QSplitter, QVBoxLayout, QWidget
 
+from trainer.progress import time_left
+
 from .candidates import CandidateView, Gallery
 from .panels import Banner, EventLog, FiguresPanel, ModelPanel, StreamPanel
 from .signal_view import SignalView
@@ -43,11 +45,12 @@ def default_settings() -> QSettings:
 
 
 class _TaskHandle(QObject):
-    """Lives on the GUI thread, so a task's results reach their callbacks there."""
+    """Lives on the GUI thread, so a task's results reach their callbacks there
+    (``on_finished(entry)`` last, whatever the outcome)."""
 
-    def __init__(self, window: "MainWindow", on_done, on_failed):
-        super().__init__(window)
-        self.window, self.on_done, self.on_failed = window, on_done, on_failed
+    def __init__(self, parent: QObject, on_done, on_failed, on_finished):
+        super().__init__(parent)
+        self.on_done, self.on_failed, self.on_finished = on_done, on_failed, on_finished
         self.entry = None
 
     @Slot(object)
@@ -61,7 +64,7 @@ class _TaskHandle(QObject):
     @Slot()
     def finished(self) -> None:
         if self.entry is not None:
-            self.window._task_finished(self.entry)
+            self.on_finished(self.entry)
         self.deleteLater()
 
 
@@ -101,6 +104,8 @@ class MainWindow(QMainWindow):
         self._recording_wanted = False  # what the user asked for last (the worker confirms)
         self._stopping = False
         self._bundle_loading = False
+        self._progress_start: float | None = None  # when the job shown in the status bar began
+        self._progress_done = 0
 
         self.banner = Banner()
         self.streams = StreamPanel()
@@ -242,7 +247,14 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(message, 8000)
 
     def _on_progress(self, phase: str, done: int, total: int) -> None:
-        self.progress_label.setText(phase)
+        now = time.monotonic()
+        if self._progress_start is None or done < self._progress_done:  # a new job
+            self._progress_start = now
+        self._progress_done = done
+        left = time_left(done, total, now - self._progress_start)  # the rate since the job began
+        text = phase if len(phase) <= 90 else phase[:87] + "..."
+        self.progress_label.setText(text + (f" — {left}" if left else ""))
+        self.progress_label.setToolTip(phase)
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
         self.progress.show()
@@ -250,12 +262,13 @@ class MainWindow(QMainWindow):
     def _end_progress(self) -> None:
         self.progress.hide()
         self.progress_label.setText("")
+        self._progress_start, self._progress_done = None, 0
 
     # -- tasks --------------------------------------------------------------------------
     def run_task(self, fn, on_done, name: str, on_failed=None, progress: bool = False) -> TaskWorker:
         """Run ``fn(progress)`` on a worker thread; ``on_done(result)`` on the GUI thread."""
         worker = TaskWorker(fn, shows_progress=progress)
-        handle = _TaskHandle(self, on_done, on_failed or self.show_error)
+        handle = _TaskHandle(self, on_done, on_failed or self.show_error, self._task_finished)
         worker.done.connect(handle.done)
         worker.failed.connect(handle.failed)
         worker.finished.connect(handle.finished)

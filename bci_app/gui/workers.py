@@ -96,6 +96,8 @@ class TaskWorker(QObject):
     def run(self) -> None:
         try:
             result = self._fn(self._progress)
+        except TaskCancelled:  # stopped on request (the window closing): not an error
+            logger.debug("task cancelled")
         except Exception as err:  # shown in the window, never as a traceback
             logger.debug("task failed", exc_info=True)
             self.failed.emit(describe_error(err))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import pytest
 
@@ -147,3 +148,36 @@ def test_closing_the_window_cancels_a_long_task(qtbot, tmp_path):
     win.close()
     assert time.monotonic() - t0 < 5.0
     assert not win._tasks and state["steps"] < 1000
+    assert "error" not in state  # a task cancelled by closing is not an error
+
+
+def test_the_status_bar_shows_the_time_left_of_the_whole_job(qtbot, tmp_path, monkeypatch):
+    import types
+
+    from PySide6.QtCore import QSettings
+
+    import bci_app.gui.window as window_module
+    from bci_app.gui.window import MainWindow
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(window_module, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
+    win = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(win)
+    go_on = threading.Event()
+
+    def job(progress):
+        progress("model: layer_1 (2/6): epoch 1/50", 0, 100)
+        time.sleep(0.15)  # past the worker's throttle
+        clock["now"] = 1030.0
+        progress("model: layer_2 (3/6): epoch 5/50", 25, 100)
+        go_on.wait(10)
+        return "ok"
+
+    win.run_task(job, lambda r: None, "job", progress=True)
+    qtbot.waitUntil(lambda: "left" in win.progress_label.text(), timeout=5000)
+    # a quarter of the job in 30 s: the rest takes about 90 s
+    assert win.progress_label.text() == "model: layer_2 (3/6): epoch 5/50 — about 1 min 30 s left"
+    go_on.set()
+    qtbot.waitUntil(lambda: not win._tasks, timeout=5000)
+    assert win.progress.isHidden()
+    win.close()
