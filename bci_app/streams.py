@@ -327,7 +327,7 @@ class EEGSource:
         """Time of the newest available sample."""
         with self._lock:
             stop = self._available()
-            return float(self._ts[(stop - 1) % len(self._ts)]) if stop > self._oldest() else None
+            return float(self._ts[ring_positions(stop - 1, stop, len(self._ts))[0]]) if stop > self._oldest() else None
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Samples ``start:stop`` (absolute indices) as (n, n_channels) data, times and
@@ -343,7 +343,7 @@ class EEGSource:
     def arrival(self, index: int) -> float:
         """The local time sample ``index`` arrived (it must still be in the buffer)."""
         with self._lock:
-            return float(self._arrival[index % len(self._ts)])
+            return float(self._arrival[ring_positions(index, index + 1, len(self._ts))[0]])
 
     def read_new(self, start: int) -> tuple[int, np.ndarray, np.ndarray, list[int]]:
         """Everything available from ``start`` on, in one locked step: (the first index
@@ -367,21 +367,26 @@ class EEGSource:
             if last <= first:
                 return None
             cap = len(self._ts)
+
+            def times(a: int, b: int) -> np.ndarray:
+                return self._ts[ring_positions(a, b, cap)]
+
             bounds = [first] + [g for g in self.gaps[bisect.bisect_right(self.gaps, first):] if g < last] + [last]
             for lo, hi in reversed(list(zip(bounds[:-1], bounds[1:]))):  # the newest segment first
-                t_lo, t_hi = self._ts[lo % cap], self._ts[(hi - 1) % cap]
+                t_lo, t_hi = times(lo, lo + 1)[0], times(hi - 1, hi)[0]
                 if not t_lo - half <= t <= t_hi + half:
                     continue
                 guess = lo + int(round((t - t_lo) * self.sfreq))
-                near = np.arange(max(lo, guess - 3), min(hi, guess + 4))
-                if not len(near):
-                    near = np.array([min(max(guess, lo), hi - 1)])
-                d = self._ts[near % cap] - t
+                a, b = max(lo, guess - 3), min(hi, guess + 4)
+                if a >= b:
+                    a = min(max(guess, lo), hi - 1)
+                    b = a + 1
+                d = times(a, b) - t
                 k = int(np.argmin(np.abs(d)))
-                if abs(d[k]) <= 1.01 * half or len(near) == 1:
-                    return int(near[k]), float(d[k])
+                if abs(d[k]) <= 1.01 * half or b - a == 1:
+                    return a + k, float(d[k])
                 # the segment's times are not where the rate says (a slow drift): search it
-                ts = self._ts[ring_positions(lo, hi, cap)]
+                ts = times(lo, hi)
                 j = int(np.clip(np.searchsorted(ts, t), 1, len(ts) - 1))
                 j = j if abs(ts[j] - t) < abs(ts[j - 1] - t) else j - 1
                 return lo + j, float(ts[j] - t)

@@ -13,6 +13,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QGraphicsItem, QVBoxLayout, QWidget
 
+from ..timeline import ring_positions
+
 __all__ = ["SignalView", "TraceBuffer"]
 
 
@@ -47,7 +49,7 @@ class TraceBuffer:
         if len(t) > self.size:  # only the newest fit; count them all, as if written in turn
             self.count += len(t) - self.size
             block, t = block[-self.size:], t[-self.size:]
-        pos = np.arange(self.count, self.count + len(t)) % self.size
+        pos = ring_positions(self.count, self.count + len(t), self.size)
         self.data[pos] = block
         self.times[pos] = t
         self.count += len(t)
@@ -57,7 +59,7 @@ class TraceBuffer:
         n = min(self.count, self.size)
         if n == 0:
             return self.data[:0], self.times[:0]
-        order = np.arange(self.count - n, self.count) % self.size
+        order = ring_positions(self.count - n, self.count, self.size)
         return self.data[order], self.times[order]
 
 
