@@ -204,6 +204,8 @@ class LiveSession:
         if self.markers is not None:
             self.markers.close()
         self.source.disconnect()
+        if self.recorder is not None:
+            self.source.finish()  # samples still held back after a gap: checked, then recorded
         self.status = "closed"
         if self.recorder is not None:
             self._record(self.feed.feed)

@@ -413,6 +413,24 @@ class EEGSource:
         self._check = threading.Thread(target=self._run_check, name=f"check-{self.name}", daemon=True)
         self._check.start()
 
+    def finish(self, timeout: float = 3.0) -> None:
+        """At the end of a session (after :meth:`disconnect`): let the samples still held
+        back be read, so the recording keeps every sample received.  A check of the stream
+        that is under way is waited for (up to ``timeout``); samples from a stream found
+        changed stay held back; a suspected break still open is taken as it is."""
+        check = self._check
+        if self._verified is not None and (check is None or not check.is_alive()):
+            self.check_identity(stalled=True)
+            check = self._check
+        if check is not None and check.is_alive():
+            check.join(timeout)
+        with self._lock:
+            if self._changed is None and self._verified is not None:
+                logger.warning("stream %r: the %d samples after the last gap could not be checked against the "
+                               "stream before the end; they are kept", self.name, self.n_total - self._verified)
+                self._verified = None
+            self._settled = self.n_total
+
     def raise_if_changed(self) -> None:
         """Raise :class:`StreamChanged` when a check found the stream changed."""
         if self._changed is not None:

@@ -237,3 +237,24 @@ def test_one_hot_rows_name_the_channel_that_fires():
     rows = np.array([[0, -1, 0], [2.5, 0, 0], [0, 0, 0], [0, -1, -1]])
     assert marker_rows(rows, names) == [["17"], ["00001_aardvark/aardvark_01b.jpg"], [], ["17", "catch"]]
     assert marker_rows(np.array([[17.0], [99999.0]]), ["marker"]) == [[17.0], [99999.0]]
+
+
+def test_at_the_end_samples_held_back_after_a_gap_are_recorded_not_dropped(tmp_path, caplog):
+    """A gap just before the session ends: the stream check cannot finish (the stream is
+    gone), yet the samples received after the gap belong in the recording."""
+    src = EEGSource(f"gone-{id(tmp_path)}")
+    src.open_buffer(CH, SFREQ)
+    rec = SessionRecorder(tmp_path / "rec", CH, SFREQ, flush_interval=0)
+    feed = RecorderFeed(src, rec, 0)
+    _push(src, 0, 1000)
+    _push(src, 1000, 150, stamp_first=T0 + 1000 / SFREQ + 2.0)  # 0.15 s after a 2 s gap: a suspect
+    _push(src, 1150, 100, stamp_first=T0 + 1150 / SFREQ + 2.0)  # confirmed: a gap, held back
+    feed.feed()
+    assert feed.next == 1000
+    src.finish(timeout=5.0)
+    feed.feed()
+    rec.close()
+    counter, annotations = _recorded_counter(tmp_path / "rec")
+    np.testing.assert_array_equal(counter, np.arange(1250))
+    assert "BAD_gap" in annotations.description
+    assert "could not be checked" in caplog.text
