@@ -41,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     verbose.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks with errors)")
     p = argparse.ArgumentParser(
         prog="bci-app", parents=[verbose],
+        usage="bci-app [options]                  the live decoder (window, --headless, --demo)\n"
+              "       bci-app streams|recover|sys-info [options]",
         description="Decode a live EEG stream with a model bundle: epochs on stimulus markers, retrieves the "
                     "seen image among the bundle's gallery, in a window (default) or --headless. 'bci-app --demo' "
-                    "runs everything on synthetic data with no amplifier.",
+                    "runs everything on synthetic data with no amplifier. 'bci-app COMMAND --help' describes "
+                    "each of the other commands.",
     )
     p.add_argument("--bundle", default=None,
                    help="model bundle folder (a bci-train fit run); the window can also open one")
@@ -80,16 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_live, command=None)
 
     sub = p.add_subparsers(title="other commands", metavar="COMMAND")
-    s = sub.add_parser("streams", parents=[verbose], help="list the LSL streams on the network",
+    s = sub.add_parser("streams", prog="bci-app streams", parents=[verbose], help="list the LSL streams on the network",
                        description="List the LSL streams on the network.")
     s.add_argument("--timeout", type=float, default=2.0, help="seconds to look (default 2)")
     s.add_argument("--json", action="store_true", help="one JSON object per stream")
     s.set_defaults(run=_cmd_streams, command="streams")
-    s = sub.add_parser("recover", parents=[verbose], help="finish a recording left by a crash",
+    s = sub.add_parser("recover", prog="bci-app recover", parents=[verbose], help="finish a recording left by a crash",
                        description="Make recording-raw.fif from the journal of a recording that did not finish.")
     s.add_argument("folder", help="the recording folder (bci-app --record DIR)")
     s.set_defaults(run=_cmd_recover, command="recover")
-    s = sub.add_parser("sys-info", parents=[verbose], help="versions of the parts this app runs on",
+    s = sub.add_parser("sys-info", prog="bci-app sys-info", parents=[verbose], help="versions of the parts this app runs on",
                        description="Versions of the parts this app runs on, and whether the window can open here.")
     s.set_defaults(run=_cmd_sys_info, command="sys-info")
     return p
