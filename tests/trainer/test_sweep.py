@@ -9,18 +9,7 @@ from trainer.config import FitConfig
 from trainer.errors import UsageError
 from trainer.sweep import sweep, write_report
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small models gain nothing from intra-op threads, and on a busy 2-core machine every
-    op's OpenMP barrier waits for a descheduled thread (pretraining 2 epochs here: 22 s with
-    1 thread, 60-80 s with 2); the setting is restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_sweep_one_feature_pass_then_a_run_per_layer(tiny_dataset, tmp_path, monkeypatch):

@@ -1,0 +1,18 @@
+"""Fixtures for the training tests."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models gain nothing from intra-op threads, and on a busy 2-core machine every
+    op's OpenMP barrier waits for a descheduled thread (pretraining 2 epochs here: 22 s with
+    1 thread, 60-80 s with 2); the setting is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
