@@ -540,6 +540,20 @@ class NumericMarkers(_Markers):
                         "%s)", self.name, len(self.ch_names), ", ".join(self.ch_names[:8])
                         + (", ..." if len(self.ch_names) > 8 else ""))
         self._stream.add_callback(self._on_chunk)
+        self._take_early()
+
+    def _take_early(self) -> None:
+        """mne-lsl starts acquiring when it connects, and a callback can only be added
+        after: markers already waiting in the inlet (sent while the app was connecting) may
+        be acquired before the callback is there.  They are in mne-lsl's buffer: take the
+        ones the callback did not see."""
+        data, ts = self._stream.get_data()  # the whole buffer, oldest first (stamps 0 where empty)
+        rows = np.asarray(data).T
+        with self._lock:
+            seen = {t for t, _ in self._queue}
+            early = [(t, v) for t, values in zip(np.asarray(ts, dtype=float).tolist(), marker_rows(rows, self.ch_names))
+                     if t > 0 and t not in seen for v in values]
+            self._queue[:0] = early
 
     def _on_chunk(self, data, timestamps, info):
         try:

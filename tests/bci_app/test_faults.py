@@ -278,3 +278,37 @@ def test_nan_and_inf_marker_values_give_strict_json_lines(tiny_bundle, counter_o
     lines = [_strict(line) for line in captured.out.splitlines()]
     assert [r["marker"] for r in lines] == [3, "nan", "inf", 4.5, "-inf", 5]
     assert [r["stimulus_id"] for r in lines] == [3, None, None, None, None, 5]
+
+
+def test_markers_sent_while_the_app_connects_are_not_lost(stream_name):
+    """Markers that reach the inlet while the marker stream is being connected (mne-lsl
+    acquires before a callback can be added): formerly lost, now taken from mne-lsl's
+    buffer, each once."""
+    import threading
+
+    from mne_lsl.lsl import StreamInfo, StreamOutlet
+
+    from bci_app.streams import open_markers
+
+    outlet = StreamOutlet(StreamInfo(f"{stream_name}-m", "Markers", 1, 0.0, "int32", f"{stream_name}-m-src"))
+
+    def push_at_once():
+        outlet.wait_for_consumers(timeout=30)  # the app's inlet has just subscribed
+        for code in range(1, 6):
+            outlet.push_sample(np.array([code], dtype=np.int32))
+
+    pusher = threading.Thread(target=push_at_once)
+    pusher.start()
+    markers = open_markers(f"{stream_name}-m", timeout=10)
+    try:
+        pusher.join(30)
+        outlet.push_sample(np.array([6], dtype=np.int32))
+        got, deadline = [], time.monotonic() + 5
+        while len(got) < 6 and time.monotonic() < deadline:
+            got += markers.poll()
+            time.sleep(0.01)
+        time.sleep(0.2)
+        got += markers.poll()
+    finally:
+        markers.close()
+    assert [v for _, v in got] == [1, 2, 3, 4, 5, 6]
