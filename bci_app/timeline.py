@@ -16,10 +16,13 @@ from the wrong data.  So the app takes the raw (clock-corrected) stamps and runs
   raw stamps by least squares weighted with a memory of ``time_constant`` seconds: it
   averages the jitter out and follows the sender's true rate and its slow drift;
 - a raw stamp further than ``tolerance`` from that line (forward: samples lost, a
-  restart; backward: the sender's clock went back) that stays at that distance for
-  ``confirm`` seconds of samples starts a new segment there: a *gap* (the line keeps its
-  rate, its offset jumps).  One chunk off the line and then back is jitter.
-  The tolerance is ``max(min_tolerance, 8 x the measured jitter)``.
+  restart; backward: the sender's clock went back) opens a *suspected* break.  When
+  ``confirm`` seconds of samples have passed since, none of them back on the line, the
+  break is real: a new segment starts there, a *gap* (the line keeps its rate, its offset
+  jumps).  A stamp that comes back to the line first makes it all jitter: one late chunk,
+  or a sender that fell behind by 40 ms and caught up over a few chunks.  Samples at yet
+  another distance meanwhile add a step to the suspicion (a break followed by another is
+  two gaps).  The tolerance is ``max(min_tolerance, 8 x the measured jitter)``.
 
 A stream with exact stamps (a replay, a hardware-stamped amplifier) gets its raw stamps
 back unchanged.  Everything here is plain arithmetic on arrays, tested without LSL.
@@ -51,10 +54,10 @@ class Break:
 
 
 @dataclass
-class _Suspect:
-    index: int  # first sample off the line
+class _Step:
+    index: int  # first sample at this distance from the line
     jump: float  # its residual
-    seen: int = 0  # samples since, still at that jump
+    seen: int = 0  # samples at it
 
 
 class _LineFit:
@@ -119,10 +122,10 @@ class Timeline:
     segment (see the module docstring).
 
     A sample off the line is a *suspected* break until ``confirm`` seconds of samples
-    after it stay at the same jump (a break: the times from it on are corrected, see
-    :meth:`add`), or a sample comes back to the line (a late chunk: jitter).  Until then
-    the times from the suspect on are provisional: :attr:`settled` is the first sample
-    whose time may still change.
+    after it passed without one back on the line (a break: the times from it on are
+    corrected, see :meth:`add`), or a sample comes back to the line (late chunks: jitter).
+    Until then the times from the suspect on are provisional: :attr:`settled` is the
+    first sample whose time may still change.
 
     Parameters
     ----------
@@ -148,7 +151,7 @@ class Timeline:
         self._jitter_memory = 2.0 * self.sfreq  # samples over which the jitter estimate follows
         self.jitter = 0.002  # mean |residual| (s), a cautious start
         self.settled = 0
-        self._suspect: _Suspect | None = None
+        self._steps: list[_Step] = []  # the open suspicion: the distances from the line seen since
 
     @property
     def tolerance(self) -> float:
@@ -184,8 +187,7 @@ class Timeline:
             resid = y[i:] - pred
             resid[~np.isfinite(resid)] = 0.0
             tol = self.tolerance
-            sus = self._suspect
-            if sus is None:
+            if not self._steps:
                 off = np.flatnonzero(np.abs(resid) > tol)
                 j = int(off[0]) if len(off) else len(resid)
                 out[i:i + j] = n[i:i + j] * self.dt + pred[:j]
@@ -193,30 +195,47 @@ class Timeline:
                     self._fit.add(n[i:i + j], pred[:j] + resid[:j])
                     self._follow_jitter(resid[:j])
                 if j < len(resid):
-                    self._suspect = _Suspect(first + i + j, float(resid[j]))
+                    self._steps = [_Step(first + i + j, float(resid[j]))]
                 i += j
                 continue
-            # a suspect is open: samples at its jump extend it; a sample back on the line
-            # ends it (jitter); a sample elsewhere confirms it (and opens another)
-            same = np.abs(resid - sus.jump) <= tol
+            # a suspicion is open: samples at its last step's distance extend it; a sample
+            # back on the line ends it (jitter); a sample elsewhere adds a step
+            step = self._steps[-1]
+            seen = sum(s.seen for s in self._steps)
+            same = np.abs(resid - step.jump) <= tol
             j = int(np.argmin(same)) if not same.all() else len(resid)
-            take = min(j, self.confirm - sus.seen)
+            take = min(j, self.confirm - seen)
             out[i:i + take] = n[i:i + take] * self.dt + pred[:take]
-            sus.seen += take
+            step.seen += take
             i += take
-            if sus.seen >= self.confirm or (i < len(raw) and abs(resid[take]) > tol):
-                start = sus.index  # a break: the samples from the suspect on belong to the new line
-                if start < first:  # given out before this call: the caller corrects them
-                    fixes.append((start, first, sus.jump))
-                out[max(start - first, 0):i] += sus.jump
-                breaks.append(Break(start, sus.jump, max(int(round(sus.jump * self.sfreq)), 0)))
-                self._fit.shift(sus.jump)
-                self._suspect = None
-            elif i < len(raw):  # back on the line: it was a late (or early) chunk, jitter
-                self._follow_jitter(np.full(sus.seen, sus.jump))
-                self._suspect = None
-        self.settled = self._suspect.index if self._suspect is not None else first + len(raw)
+            if seen + take >= self.confirm:
+                breaks += self._confirm(first, i, out, fixes)
+            elif i < len(raw) and abs(resid[take]) <= tol:  # back on the line: late (or early) chunks
+                for s in self._steps:
+                    self._follow_jitter(np.full(s.seen, s.jump))
+                self._steps = []
+            elif i < len(raw):  # at another distance
+                self._steps.append(_Step(first + i, float(resid[take])))
+        self.settled = self._steps[0].index if self._steps else first + len(raw)
         return out, breaks, fixes
+
+    def _confirm(self, first: int, stop: int, out: np.ndarray, fixes: list) -> list[Break]:
+        """The open suspicion is a break (one per step): correct the provisional times of
+        its samples (``out`` holds samples ``first:stop`` of this call; ``fixes`` gets the
+        ones given out before) and shift the line."""
+        breaks, before = [], 0.0
+        ends = [s.index for s in self._steps[1:]] + [first + stop]
+        for s, end in zip(self._steps, ends):
+            if s.index < first:  # given out before this call: the caller corrects them
+                fixes.append((s.index, min(end, first), s.jump))
+            lo, hi = max(s.index, first) - first, end - first
+            if hi > lo:
+                out[lo:hi] += s.jump
+            breaks.append(Break(s.index, s.jump - before, max(int(round((s.jump - before) * self.sfreq)), 0)))
+            before = s.jump
+        self._fit.shift(before)
+        self._steps = []
+        return breaks
 
     def _follow_jitter(self, resid: np.ndarray) -> None:
         a = 1.0 - math.exp(-len(resid) / self._jitter_memory)

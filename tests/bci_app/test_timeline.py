@@ -108,3 +108,25 @@ def test_a_sender_whose_true_rate_is_off_its_nominal_one_is_followed_not_broken(
     assert abs(np.median(settled)) < 0.004  # the mean push delay (2 ms), no lag behind the drift
     assert np.abs(settled - np.median(settled)).max() < 0.003  # the jitter averaged out
     assert abs(tl.rate - true_rate) < 0.01
+
+
+@pytest.mark.parametrize("delays", [(0.04, 0.02), (0.015, 0.03), (0.03, 0.045, 0.02), (-0.02, -0.04)])
+def test_a_sender_that_falls_behind_and_catches_up_is_jitter_not_a_gap(delays):
+    """Chunks stamped late (or early) by different amounts, then back on the line: no break,
+    no samples called lost (one fewer rule in the way: found by review)."""
+    raw = T0 + np.arange(4000) / 1000.0
+    for k, d in enumerate(delays):
+        raw[2000 + 10 * k:2010 + 10 * k] += d
+    out, breaks, _ = _place(raw, 10)
+    assert breaks == []
+    np.testing.assert_allclose(out, T0 + np.arange(4000) / 1000.0, atol=1e-6)
+
+
+def test_a_break_followed_by_another_is_two_gaps_with_their_times():
+    raw = T0 + np.arange(4000) / 1000.0
+    raw[2000:] += 0.05  # 50 samples lost ...
+    raw[2100:] += 0.3  # ... and 300 more, 0.1 s later (before the first was confirmed)
+    for chunk in (1, 10, 64):
+        out, breaks, _ = _place(raw, chunk)
+        assert [(b.index, round(b.jump, 6), b.lost) for b in breaks] == [(2000, 0.05, 50), (2100, 0.3, 300)]
+        np.testing.assert_allclose(out, raw, atol=1e-9)
