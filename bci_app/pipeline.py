@@ -2,16 +2,18 @@
 
 :class:`LiveSession` is what the headless app runs in its main loop and what the desktop
 app runs on a worker thread: call :meth:`LiveSession.step` often (every few ms); it
-returns the decoded epochs as plain dicts (the JSON lines of ``bci-app --headless``) and
-never blocks on the network.  It notices a stream that stops (``stalled``), keeps what it
-recorded, and goes on when the stream comes back (liblsl reconnects to the same source
-id; a stream that was torn down is looked up again by name).
+returns the decoded epochs as plain dicts (the JSON lines of ``bci-app --headless``).
+It waits on the network only while the EEG stream is gone: once a second it looks the
+stream up again by name (0.2 s).  It notices a stream that stops (``stalled``), keeps
+what it recorded, and goes on when the stream comes back (liblsl reconnects to the same
+source id by itself; a stream that was torn down is subscribed to again).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from trainer.bundle import Bundle
 
 from .decoder import Decoder, StimulusMap
 from .epochs import MarkerEvent, OnlineEpocher
-from .recording import RecorderFeed
+from .recording import RecorderFeed, SessionRecorder
 from .streams import ConnectCancelled, EEGSource, StreamChanged, StreamError, list_streams, open_markers
 
 __all__ = ["LiveSession", "SessionStats", "default_marker_stream", "json_marker", "marker_label"]
@@ -147,7 +149,6 @@ class LiveSession:
     def start_recording(self, folder: str | Path, *, from_start: bool = False) -> None:
         """Record into ``folder`` (a new folder; see :mod:`bci_app.recording`) from the next
         sample on, or with ``from_start`` from the oldest sample still buffered."""
-        from .recording import SessionRecorder
 
         if self.recorder is not None:
             raise RuntimeError(f"already recording into {self.recorder.folder}")
@@ -165,7 +166,7 @@ class LiveSession:
         file (None when nothing was recorded, or the recording failed: see ``problems``)."""
         if self.recorder is None:
             return None
-        self._record(self.feed.feed)
+        self._record(lambda rec: self.feed.feed())
         return self._finish_recording(self.summary())
 
     def _finish_recording(self, summary: dict) -> Path | None:
@@ -181,14 +182,14 @@ class LiveSession:
             self.problems.append(f"recording not finished: {err}")
             return None
 
-    def _record(self, fn, *args) -> None:
-        """Call a recorder method; a write that fails (a full disk) stops the recording,
-        not the session."""
+    def _record(self, write: Callable[[SessionRecorder], Any]) -> None:
+        """``write(recorder)`` when recording; a write that fails (a full disk) stops the
+        recording, not the session (and later writes of the same step are skipped)."""
         rec = self.recorder
         if rec is None:
             return
         try:
-            fn(*args)
+            write(rec)
         except OSError as err:
             rec.abort()
             self.recorder = None
@@ -197,6 +198,21 @@ class LiveSession:
                        "once there is room")
             self.note(message, logging.ERROR)
             self.problems.append(f"recording stopped after {rec.n_written} samples: {err}")
+
+    def _record_marker(self, m: MarkerEvent) -> None:
+        if self.recorder is not None:
+            sample = self._marker_sample(m)
+            self._record(lambda rec: rec.add_marker(m.t, m.label, sample))
+
+    def _marker_sample(self, m: MarkerEvent) -> int | None:
+        """The recording sample of marker ``m`` (its onset; or, for a marker rejected before
+        it was placed, the sample at its time), None when that sample is not recorded."""
+        onset = m.onset
+        if onset is None:
+            found = self.source.find_sample(m.t)
+            if found is not None and abs(found[1]) <= 1.0 / self.source.sfreq:
+                onset = found[0]
+        return self.feed.recording_sample(onset)
 
     def close(self) -> dict:
         """Stop, finish the recording, return the summary."""
@@ -207,8 +223,10 @@ class LiveSession:
         if self.recorder is not None:
             self.source.finish()  # samples still held back after a gap: checked, then recorded
         self.status = "closed"
-        if self.recorder is not None:
-            self._record(self.feed.feed)
+        self._record(lambda rec: self.feed.feed())
+        if self.epocher is not None:
+            for m in self.epocher.pending:  # their windows were not complete: not decoded, but recorded
+                self._record_marker(m)
         summary = self.summary()
         if self.recorder is not None:
             path = self._finish_recording(summary)
@@ -293,10 +311,9 @@ class LiveSession:
         for text in self.epocher.take_notes():
             self.note(text)
         self.last_epochs = ready  # the preprocessed epochs behind this step's results
-        if self.recorder is not None:
-            self._record(self.feed.feed)
-            for m, _ in rejected:
-                self._record(self.recorder.add_marker, m.t, m.label, self.feed.recording_sample(m.onset))
+        self._record(lambda rec: self.feed.feed())
+        for m, _ in rejected:
+            self._record_marker(m)
         for m, reason in rejected:
             logger.info("epoch at marker %s (t=%.3f) rejected: %s", m.label, m.t, reason)
         if not ready:
@@ -327,8 +344,8 @@ class LiveSession:
             self.stats.decision_latency.append(t_decided - r.t_ready)
             self.stats.marker_latency.append(t_decided - m.t)
             if self.recorder is not None:
-                self._record(self.recorder.add_marker, m.t, m.label, self.feed.recording_sample(m.onset))
-                self._record(self.recorder.add_prediction, rec)
+                self._record_marker(m)
+                self._record(lambda recorder: recorder.add_prediction(rec))  # noqa: B023 (called now)
             out.append(rec)
         return out
 

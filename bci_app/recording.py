@@ -21,6 +21,7 @@ annotations where the stream stopped.  A journal left by a crash becomes that fi
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -236,8 +237,9 @@ class RecorderFeed:
     def __init__(self, source, recorder: SessionRecorder, start: int):
         self.source, self.recorder = source, recorder
         self.next = int(start)  # the next stream sample to write
-        self._offset = recorder.n_samples - self.next  # recording sample = stream sample + offset ...
-        self._valid_from = self.next  # ... for stream samples from here on
+        # runs of stream samples written without a skip: run k holds stream samples
+        # starts[k]:ends[k] (the last run: up to next) at recording sample = stream sample + offsets[k]
+        self._starts, self._ends, self._offsets = [self.next], [], [recorder.n_samples - self.next]
         self.skipped = 0  # samples that left the buffer unwritten
 
     def feed(self) -> int:
@@ -250,23 +252,27 @@ class RecorderFeed:
             logger.warning("recording %s: %d samples left the buffer before they were written (a gap in the "
                            "recording)", rec.folder, first - self.next)
             rec.add_gap(rec.n_samples)
-            self._valid_from = first
+            self._ends.append(self.next)
+            self._starts.append(first)
+            self._offsets.append(rec.n_samples - first)
         if not len(data):
             self.next = first
             return 0
-        self._offset = rec.n_samples - first
+        offset = self._offsets[-1]
         for g in gaps:
-            rec.add_gap(g + self._offset)
+            rec.add_gap(g + offset)
         rec.add_samples(data, ts)
         self.next = first + len(data)
         return len(data)
 
     def recording_sample(self, sample: int | None) -> int | None:
-        """Recording sample of stream sample ``sample``, or None when it is not (yet) in
-        the recording."""
-        if sample is None or not self._valid_from <= sample < self.next:
+        """Recording sample of stream sample ``sample``, or None when it is not (yet, or
+        ever: it left the buffer unwritten) in the recording."""
+        if sample is None:
             return None
-        return sample + self._offset
+        k = bisect.bisect_right(self._starts, sample) - 1
+        end = self._ends[k] if k < len(self._ends) else self.next
+        return sample + self._offsets[k] if k >= 0 and sample < end else None
 
 
 def _read_vmrk(path: Path) -> list[tuple[int, str]]:

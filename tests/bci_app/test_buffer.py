@@ -113,6 +113,9 @@ def test_samples_that_left_the_buffer_unwritten_are_a_gap(tmp_path):
     feed.feed()
     _push(src, 500, 3000)  # 2.5 s while the recorder was away: 2000 samples lost
     feed.feed()
+    # markers map to the recording on both sides of the hole, and not inside it
+    assert [feed.recording_sample(k) for k in (0, 499, 500, 2499, 2500, 3499, 3500)] == [0, 499, None, None, 500,
+                                                                                         1499, None]
     rec.close()
     counter, annotations = _recorded_counter(tmp_path / "rec")
     np.testing.assert_array_equal(counter, np.r_[np.arange(500), np.arange(2500, 3500)])
@@ -235,8 +238,10 @@ def test_a_flood_of_ready_epochs_is_decided_in_bounded_batches_and_the_late_ones
 def test_one_hot_rows_name_the_channel_that_fires():
     names = ["00001_aardvark/aardvark_01b.jpg", "17", "catch"]
     rows = np.array([[0, -1, 0], [2.5, 0, 0], [0, 0, 0], [0, -1, -1]])
-    assert marker_rows(rows, names) == [["17"], ["00001_aardvark/aardvark_01b.jpg"], [], ["17", "catch"]]
+    assert marker_rows(rows, names, one_hot=True) == [["17"], ["00001_aardvark/aardvark_01b.jpg"], [], ["17", "catch"]]
     assert marker_rows(np.array([[17.0], [99999.0]]), ["marker"]) == [[17.0], [99999.0]]
+    # an annotation stream of one description is one-hot too: its value is a duration, not a code
+    assert marker_rows(np.array([[-1.0], [0.5]]), ["stim"], one_hot=True) == [["stim"], ["stim"]]
 
 
 def test_at_the_end_samples_held_back_after_a_gap_are_recorded_not_dropped(tmp_path, caplog):

@@ -99,6 +99,11 @@ def test_a_marker_flood_sheds_load_keeps_decisions_timely_and_the_recording_whol
     counter, annotations = _recorded_counter(summary["recording"])
     np.testing.assert_array_equal(np.diff(counter), 1)
     assert len(counter) == summary["samples_received"]
+    # every marker is in the recording at its sample: decoded, shed, or still waiting at the end
+    logged = [json.loads(line) for line in (tmp_path / "rec" / "markers.jsonl").read_text().splitlines()]
+    assert len(logged) == 5000 and all(m["sample"] is not None for m in logged)
+    stimuli = [d for d in annotations.description if d != "BAD_gap"]
+    assert len(stimuli) == 5000
 
 
 # -- a full disk -----------------------------------------------------------------------------
@@ -139,6 +144,53 @@ def test_a_full_disk_stops_the_recording_not_the_session(tiny_bundle, counter_ou
     assert any("No space left on device" in p for p in summary["problems"])
     assert "recording stopped" in captured.err and "problem:" in captured.err
     assert "summary: 12 epochs decoded" in captured.err
+
+
+def test_a_write_failing_in_a_step_with_rejected_markers_stops_only_the_recording(bundle, counter_outlet, tmp_path):
+    """The step that finds the disk full also has markers to log (rejected ones): they are
+    skipped with the recording, not a crash (found by review: the recorder was gone)."""
+    import errno
+
+    from bci_app.epochs import MarkerEvent
+
+    out = counter_outlet(_layout(bundle), 1000.0, markers="int32")
+    live = LiveSession(bundle, _name(out), device="cpu", record=tmp_path / "rec").start()
+    try:
+        _step_until(live, lambda r: live.source.n_total >= 500, timeout=10)
+
+        def full(*args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        live.feed.feed = full  # the journal's next write finds the disk full
+        live.epocher.add(MarkerEvent(t=0.0, value=1, stimulus_id=1, label="1", received=0.0))  # long before: rejected
+        time.sleep(0.1)
+        live.step()
+        assert live.recorder is None and live.epocher.rejected["before start"] == 1
+        assert any("No space left on device" in p for p in live.problems)
+        _step_until(live, lambda r: live.source.n_total >= 800, timeout=10)  # decoding goes on
+    finally:
+        summary = live.close()
+    assert "recording" not in summary and summary["epochs_rejected"]["before start"] == 1
+
+
+def test_markers_still_waiting_for_their_window_at_the_end_are_recorded(bundle, counter_outlet, tmp_path):
+    """A marker whose epoch window is not complete when the session ends is not decoded,
+    but it is in markers.jsonl and in the recording at its sample."""
+    out = counter_outlet(_layout(bundle), 1000.0, markers="int32")
+    live = LiveSession(bundle, _name(out), device="cpu", record=tmp_path / "rec").start()
+    try:
+        _step_until(live, lambda r: live.source.n_total >= 1200, timeout=10)
+        k = out.sent + 300  # stamped 0.3 s ahead: received before its sample, whatever the marker inlet's delay
+        out.mark(k, 7)
+        _step_until(live, lambda r: live.stats.markers == 1 and live.source.available > k + 5, timeout=5)
+    finally:
+        summary = live.close()
+    assert summary["epochs_pending"] == 1 and summary["epochs_decoded"] == 0, summary
+    logged = [json.loads(line) for line in (tmp_path / "rec" / "markers.jsonl").read_text().splitlines()]
+    assert [m["label"] for m in logged] == ["7"] and logged[0]["sample"] is not None
+    counter, annotations = _recorded_counter(summary["recording"])
+    onset = int(round(annotations.onset[list(annotations.description).index("7")] * 1000.0))
+    assert counter[onset] == k
 
 
 # -- a stream that restarts under the same source id ------------------------------------------
@@ -312,3 +364,16 @@ def test_markers_sent_while_the_app_connects_are_not_lost(stream_name):
     finally:
         markers.close()
     assert [v for _, v in got] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_multi_channel_marker_stream_that_is_not_an_annotation_stream_is_refused(stream_name):
+    """A marker stream of [code, trial] rows would have been read as one-hot (channel names
+    as markers): only streams of type 'annotations' are one-hot; others are an error."""
+    from mne_lsl.lsl import StreamInfo, StreamOutlet
+
+    from bci_app.streams import open_markers
+
+    outlet = StreamOutlet(StreamInfo(f"{stream_name}-m", "Markers", 2, 0.0, "int32", f"{stream_name}-m-src"))
+    with pytest.raises(StreamError, match="has 2 channels and is not an annotation stream"):
+        open_markers(f"{stream_name}-m", timeout=10)
+    del outlet
