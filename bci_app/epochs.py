@@ -21,6 +21,7 @@ can be decoded; the newest go first, so decisions stay timely).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,7 +179,7 @@ class OnlineEpocher:
         if len(ready) > self.max_batch:
             # more than one batch is ready (a flood): the ones already max_delay late are
             # shed, then the newest go first, so decisions stay timely; the others wait
-            late = [(m, f) for m, f in ready if now - src.arrival(f + self.n_in - 1) > self.max_delay]
+            late = [(m, f) for m, f in ready if self._waited(f, now) > self.max_delay]
             rejected += [(m, "overload") for m, _ in late]
             ready = sorted((mf for mf in ready if mf not in late), key=lambda mf: mf[0].t)
             keep += [m for m, _ in ready[:-self.max_batch]]
@@ -214,6 +215,14 @@ class OnlineEpocher:
         for _, reason in rejected:
             self.rejected[reason] += 1
         return out, rejected
+
+    def _waited(self, first: int, now: float) -> float:
+        """Seconds since the window from sample ``first`` was complete (-inf when it has
+        left the buffer meanwhile: reading it says ``overrun``)."""
+        try:
+            return now - self.source.arrival(first + self.n_in - 1)
+        except IndexError:
+            return -math.inf
 
     def _warn_flat(self, names: list[str]) -> None:
         new = [n for n in names if n not in self._flat_warned]

@@ -98,15 +98,16 @@ def _unique(streams: list) -> list:
 
 
 def resolve_one(name: str, *, timeout: float = 5.0, source_id: str | None = None, markers: bool | None = None,
-                cancel: Callable[[], bool] | None = None):
+                cancel: Callable[[], bool] | None = None, list_others: bool = True):
     """The one stream called ``name`` (an ``mne_lsl.lsl.StreamInfo``).
 
     With ``cancel``, the network is asked in short slices and :class:`ConnectCancelled` is
     raised as soon as ``cancel()`` is true (a window closing during a connect).  Once a
     stream is found, the network is asked once more (:data:`AMBIGUITY_WAIT` s) for
     another of the same name, since liblsl stops looking at the first answer.
-    Raises :class:`StreamError` naming what is available when there is none, or when the
-    name is ambiguous (then give ``source_id``)."""
+    Raises :class:`StreamError` naming what is available when there is none (looked up for
+    another 0.5 s; not with ``list_others=False``), or when the name is ambiguous (then give
+    ``source_id``)."""
     from mne_lsl.lsl import resolve_streams
 
     def fits(found):
@@ -127,9 +128,10 @@ def resolve_one(name: str, *, timeout: float = 5.0, source_id: str | None = None
     if len(found) == 1:
         return found[0]
     if not found:
-        others = list_streams(timeout=0.5)
         kind = "marker " if markers else "EEG " if markers is False else ""
-        avail = "; ".join(s.describe() for s in others) or "none"
+        if not list_others:
+            raise StreamError(f"no {kind}stream named {name!r} found within {timeout:g} s")
+        avail = "; ".join(s.describe() for s in list_streams(timeout=0.5)) or "none"
         raise StreamError(f"no {kind}stream named {name!r} found within {timeout:g} s (streams seen: {avail})")
     listed = "; ".join(_summary(s).describe() for s in found)
     hint = ("pick one with --source-id" if not source_id else
@@ -213,10 +215,12 @@ class EEGSource:
 
     def connect(self, timeout: float = 5.0, cancel: Callable[[], bool] | None = None) -> "EEGSource":
         """Subscribe (again, after the stream was torn down: then it must have the same
-        channels and rate, or :class:`StreamChanged` is raised)."""
+        channels and rate, or :class:`StreamChanged` is raised; a stream not found then is a
+        short :class:`StreamError`, without a look at the other streams)."""
         from mne_lsl.stream import StreamLSL
 
-        sinfo = resolve_one(self.name, timeout=timeout, source_id=self.source_id, markers=False, cancel=cancel)
+        sinfo = resolve_one(self.name, timeout=timeout, source_id=self.source_id, markers=False, cancel=cancel,
+                            list_others=not self.ch_names)
         if sinfo.dtype == "string":
             raise StreamError(f"stream {self.name!r} carries strings, not a signal")
         self.source_id = sinfo.source_id or None
@@ -341,8 +345,11 @@ class EEGSource:
             return self._data[pos], self._ts[pos].copy(), self._arrival[pos].copy()
 
     def arrival(self, index: int) -> float:
-        """The local time sample ``index`` arrived (it must still be in the buffer)."""
+        """The local time sample ``index`` arrived.  Raises IndexError when it is not (or no
+        longer) in the buffer."""
         with self._lock:
+            if not self._oldest() <= index < self.n_total:
+                raise IndexError(f"sample {index} not in the buffer ({self._oldest()}:{self.n_total})")
             return float(self._arrival[ring_positions(index, index + 1, len(self._ts))[0]])
 
     def read_new(self, start: int) -> tuple[int, np.ndarray, np.ndarray, list[int]]:
@@ -405,19 +412,22 @@ class EEGSource:
         rate.  Called by the session after a gap (automatically requested by
         :meth:`push`) and while the stream is stalled.  Raise the outcome with
         :meth:`raise_if_changed`."""
-        if stalled:
-            self._check_wanted = True
-        if not self._check_wanted or (self._check is not None and self._check.is_alive()):
-            return
-        self._check_wanted = False
+        with self._lock:  # push() sets _check_wanted under the lock: test and clear it the same way
+            if stalled:
+                self._check_wanted = True
+            if not self._check_wanted or (self._check is not None and self._check.is_alive()):
+                return
+            self._check_wanted = False
         self._check = threading.Thread(target=self._run_check, name=f"check-{self.name}", daemon=True)
         self._check.start()
 
-    def finish(self, timeout: float = 3.0) -> None:
+    def finish(self, timeout: float = 10.0) -> None:
         """At the end of a session (after :meth:`disconnect`): let the samples still held
         back be read, so the recording keeps every sample received.  A check of the stream
-        that is under way is waited for (up to ``timeout``); samples from a stream found
-        changed stay held back; a suspected break still open is taken as it is."""
+        that is under way is waited for (up to ``timeout``, longer than a check takes: a
+        resolve and a look at each stream of the name); samples from a stream found changed
+        stay held back; samples that could not be checked are kept with a warning; a
+        suspected break still open is taken as it is."""
         check = self._check
         if self._verified is not None and (check is None or not check.is_alive()):
             self.check_identity(stalled=True)
@@ -445,7 +455,7 @@ class EEGSource:
             logger.debug("stream check: %s", err)
             found = []
         ok = any(s.uid == self.uid for s in found)
-        change = None
+        change = new_uid = None
         for s in ([] if ok else found):
             names = _channel_names(s)
             if names is None:
@@ -454,9 +464,11 @@ class EEGSource:
                 names = [f"ch{i + 1}" for i in range(int(s.n_channels))]
             change = _layout_change(self.ch_names, self.sfreq, names, float(s.sfreq))
             if change is None:
-                ok, self.uid = True, s.uid
+                ok, new_uid = True, s.uid
                 break
         with self._lock:
+            if new_uid is not None:
+                self.uid = new_uid  # another outlet with the same channels and rate
             if change is not None:
                 self._changed = f"stream {self.name!r} came back with other channels or rate: {change}"
                 return
@@ -501,17 +513,18 @@ class _Markers:
         pass
 
 
-def marker_rows(rows: np.ndarray, ch_names: list[str]) -> list[list[Any]]:
+def marker_rows(rows: np.ndarray, ch_names: list[str], one_hot: bool = False) -> list[list[Any]]:
     """The marker values in each sample of a numeric marker stream.
 
-    One channel: the value itself.  Several channels: a *one-hot* stream such as
-    mne-lsl's annotation outlet (``mne-lsl player FILE --annotations``), one channel per
-    description named by it, non-zero (the duration, or -1) on the channel that fires:
-    the values are the names of the channels that fire (a sample may fire several)."""
+    A plain marker stream has one channel: the value itself.  A *one-hot* stream (stream
+    type ``annotations``, such as mne-lsl's annotation outlet of ``mne-lsl player FILE
+    --annotations``) has one channel per description, named by it, non-zero (the
+    duration, or -1) on the channel that fires: the values are the names of the channels
+    that fire (a sample may fire several)."""
     rows = np.asarray(rows)
     if rows.ndim == 1:
         rows = rows[:, None]
-    if rows.shape[1] == 1:
+    if not one_hot:
         return [[v] for v in rows[:, 0].tolist()]
     return [[ch_names[i] for i in np.flatnonzero(row)] for row in rows]
 
@@ -535,10 +548,16 @@ class NumericMarkers(_Markers):
             warnings.filterwarnings("ignore", message="Something went wrong while reading the channel description")
             self._stream.connect(processing_flags=("clocksync",), timeout=timeout, acquisition_delay=0.001)
         self.ch_names = list(self._stream.info["ch_names"])
-        if len(self.ch_names) > 1:
-            logger.info("marker stream %r: %d channels, read as one-hot (the channel that fires names the marker: "
-                        "%s)", self.name, len(self.ch_names), ", ".join(self.ch_names[:8])
+        self.one_hot = str(sinfo.stype).lower() == "annotations"
+        if self.one_hot:
+            logger.info("marker stream %r: an annotation stream of %d channel(s), read as one-hot (the channel that "
+                        "fires names the marker: %s)", self.name, len(self.ch_names), ", ".join(self.ch_names[:8])
                         + (", ..." if len(self.ch_names) > 8 else ""))
+        elif len(self.ch_names) > 1:
+            self._stream.disconnect()
+            raise StreamError(f"marker stream {self.name!r} has {len(self.ch_names)} channels and is not an annotation "
+                              f"stream (its type is {sinfo.stype!r}): send the marker on one channel, or one channel "
+                              "per description with stream type 'annotations' (as 'mne-lsl player --annotations')")
         self._stream.add_callback(self._on_chunk)
         self._take_early()
 
@@ -551,14 +570,14 @@ class NumericMarkers(_Markers):
         rows = np.asarray(data).T
         with self._lock:
             seen = {t for t, _ in self._queue}
-            early = [(t, v) for t, values in zip(np.asarray(ts, dtype=float).tolist(), marker_rows(rows, self.ch_names))
+            early = [(t, v) for t, values in zip(np.asarray(ts, dtype=float).tolist(), marker_rows(rows, self.ch_names, self.one_hot))
                      if t > 0 and t not in seen for v in values]
             self._queue[:0] = early
 
     def _on_chunk(self, data, timestamps, info):
         try:
             events = [(t, v) for t, values in zip(np.asarray(timestamps, dtype=float).tolist(),
-                                                   marker_rows(data, self.ch_names)) for v in values]
+                                                   marker_rows(data, self.ch_names, self.one_hot)) for v in values]
             with self._lock:
                 self._queue.extend(events)
         except Exception as err:  # never let an error disconnect the stream
