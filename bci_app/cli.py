@@ -16,7 +16,7 @@ from typing import Sequence
 
 from trainer.errors import BCIError, UsageError, run_command
 
-from .summary import format_summary
+from .summary import report_summary
 
 __all__ = ["build_parser", "build_replay_parser", "main", "replay_main"]
 
@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``bci-app`` command line: the live decoder's options, and the other commands."""
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks with errors)")
+    # the commands' own -v: SUPPRESS keeps a -v given before the command ('bci-app -v streams')
+    sub_verbose = argparse.ArgumentParser(add_help=False)
+    sub_verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="debug logging (and tracebacks with errors)")
     p = argparse.ArgumentParser(
         prog="bci-app", parents=[verbose],
         usage="bci-app [options]                  the live decoder (window, --headless, --demo)\n"
@@ -83,16 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_live, command=None)
 
     sub = p.add_subparsers(title="other commands", metavar="COMMAND")
-    s = sub.add_parser("streams", prog="bci-app streams", parents=[verbose], help="list the LSL streams on the network",
+    s = sub.add_parser("streams", prog="bci-app streams", parents=[sub_verbose], help="list the LSL streams on the network",
                        description="List the LSL streams on the network.")
     s.add_argument("--timeout", type=float, default=2.0, help="seconds to look (default 2)")
     s.add_argument("--json", action="store_true", help="one JSON object per stream")
     s.set_defaults(run=_cmd_streams, command="streams")
-    s = sub.add_parser("recover", prog="bci-app recover", parents=[verbose], help="finish a recording left by a crash",
+    s = sub.add_parser("recover", prog="bci-app recover", parents=[sub_verbose], help="finish a recording left by a crash",
                        description="Make recording-raw.fif from the journal of a recording that did not finish.")
     s.add_argument("folder", help="the recording folder (bci-app --record DIR)")
     s.set_defaults(run=_cmd_recover, command="recover")
-    s = sub.add_parser("sys-info", prog="bci-app sys-info", parents=[verbose], help="versions of the parts this app runs on",
+    s = sub.add_parser("sys-info", prog="bci-app sys-info", parents=[sub_verbose], help="versions of the parts this app runs on",
                        description="Versions of the parts this app runs on, and whether the window can open here.")
     s.set_defaults(run=_cmd_sys_info, command="sys-info")
     return p
@@ -205,11 +209,7 @@ def _decode_headless(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         summary = session.close()
     summary["stopped_because"] = reason
-    print(format_summary(summary), file=sys.stderr, flush=True)
-    if args.summary:
-        from trainer.files import atomic_write_text
-
-        atomic_write_text(args.summary, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    report_summary(summary, args.summary)
     if failure is not None:
         raise failure
     return 0

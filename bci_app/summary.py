@@ -3,7 +3,10 @@ window (the summary itself is :meth:`bci_app.pipeline.LiveSession.summary`)."""
 
 from __future__ import annotations
 
-__all__ = ["fmt_pct", "format_summary"]
+import json
+import sys
+
+__all__ = ["fmt_pct", "format_summary", "report_summary"]
 
 
 def fmt_pct(x: float | None, missing: str = "–") -> str:
@@ -38,3 +41,12 @@ def format_summary(summary: dict) -> str:
     if summary.get("recording"):
         lines.append(f"  recording: {summary['recording']}")
     return "\n".join(lines)
+
+
+def report_summary(summary: dict, path: str | None = None) -> None:
+    """Print the summary (stderr) and, with ``path``, write it as strict JSON (atomically)."""
+    from trainer.files import atomic_write_text
+
+    print(format_summary(summary), file=sys.stderr, flush=True)
+    if path:
+        atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show what a THINGS-EEG2 folder (real or synthetic) contains",
                        description="List subjects, raw sessions, preprocessed files, images and MEG files of a data folder.")
     p.add_argument("data", type=Path, help="data folder")
+    for command in sub.choices.values():  # -v after the command too ('bci-train fit ... -v'); SUPPRESS keeps one before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log more detail to stderr")
     return parser
 
 

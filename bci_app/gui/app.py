@@ -92,14 +92,9 @@ def run_window(args) -> int:
         if state["replay"] is not None:
             state["replay"].stop()
     if window.summary and "samples_received" in window.summary:  # the session's summary, as --headless
-        import json
+        from ..summary import report_summary
 
-        from ..summary import format_summary
-
-        print(format_summary(window.summary), file=sys.stderr, flush=True)
-        if args.summary:
-            with open(args.summary, "w") as f:
-                json.dump(window.summary, f, indent=2)
+        report_summary(window.summary, args.summary)
     return state["code"]
 
 
