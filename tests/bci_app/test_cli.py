@@ -63,6 +63,18 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
     assert "--max-epochs must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("build", ["bci_app.cli", "trainer.cli"])
+def test_verbose_counts_before_and_after_a_command(build):
+    """'bci-app -v streams' once lost its -v (the command's own default overwrote it)."""
+    import importlib
+
+    parser = importlib.import_module(build).build_parser()
+    command = ["streams"] if build == "bci_app.cli" else ["info", "DATA"]
+    assert parser.parse_args(["-v", *command]).verbose is True
+    assert parser.parse_args([*command, "-v"]).verbose is True
+    assert parser.parse_args(command).verbose is False
+
+
 def test_the_window_without_a_display_is_a_clear_error(monkeypatch, capsys):
     if not sys.platform.startswith("linux"):
         pytest.skip("the DISPLAY check is for Linux")

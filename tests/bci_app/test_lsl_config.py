@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     outlet.push_sample(np.zeros(1, np.float32))
     time.sleep(0.3)
     del outlet  # the other end goes away, as at a replay's or an amplifier app's exit
-    time.sleep(1.0)
+    time.sleep(2.5)  # liblsl notices within a moment; a loaded machine needs more than one second
 """)
 
 
