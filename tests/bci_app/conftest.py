@@ -112,6 +112,7 @@ class CounterOutlet:
         self.t0 = local_clock() + 0.05 if t0 is None else t0
         self.sent = 0
         self.stamp_offset = 0.0  # added to the stamps from now on (a clock jump)
+        self.limit = None  # when set: samples from this one on are not sent (the sender pauses)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._rng = np.random.default_rng(0)
@@ -133,6 +134,8 @@ class CounterOutlet:
 
         while not self._stop.is_set():
             due = int((local_clock() - self.t0) * self.sfreq) + 1
+            if self.limit is not None:
+                due = min(due, self.limit)
             while self.sent + self.chunk <= due and not self._stop.is_set():
                 k = self.sent
                 stamps = self.time_of(k) + np.arange(self.chunk) / self.sfreq
