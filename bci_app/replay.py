@@ -20,12 +20,13 @@ import uuid
 from typing import Literal
 
 import numpy as np
-from mne_lsl.lsl import StreamInfo, StreamOutlet
+from mne_lsl.lsl import StreamOutlet
 from mne_lsl.player import PlayerLSL
 
 from trainer.errors import BCIError, UsageError
 
 from .replay_session import ReplaySession
+from .streams import marker_sample, marker_stream_info
 
 __all__ = ["MARKER_STREAM_SUFFIX", "ReplayError", "SessionPlayer"]
 
@@ -77,10 +78,8 @@ class SessionPlayer(PlayerLSL):
             self._marker_values = [m.label for m in chosen]
         self._marker_info = None
         if markers != "none":
-            self._marker_info = StreamInfo(name=f"{name}{MARKER_STREAM_SUFFIX}", stype="Markers", n_channels=1,
-                                           sfreq=0.0, dtype="int32" if markers == "numeric" else "string",
-                                           source_id=f"{source_id}{MARKER_STREAM_SUFFIX}")
-            self._marker_info.set_channel_names(["marker"])
+            self._marker_info = marker_stream_info(f"{name}{MARKER_STREAM_SUFFIX}", f"{source_id}{MARKER_STREAM_SUFFIX}",
+                                                   strings=markers == "string")
         self._marker_outlet: StreamOutlet | None = None
         self.markers_sent = 0
         self.error: BaseException | None = None  # what stopped the player early
@@ -148,7 +147,7 @@ class SessionPlayer(PlayerLSL):
         sfreq = self._raw.info["sfreq"]
         for i, off in zip(idx, offsets):
             value = self._marker_values[i]
-            sample = [value] if self.marker_mode == "string" else np.array([value], dtype=np.int32)
+            sample = marker_sample(value, strings=self.marker_mode == "string")
             try:
                 # sample k of the chunk carries start_timestamp + (k + 1) / sfreq on the EEG outlet
                 outlet.push_sample(sample, timestamp=start_timestamp + (off + 1) / sfreq)

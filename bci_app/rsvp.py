@@ -19,6 +19,7 @@ from typing import Callable
 
 from .presentation import TimingLog
 from .stimuli import FrameTiming, Stimulus, Trial
+from .streams import marker_sample, marker_stream_info
 
 __all__ = ["Frame", "MarkerSender", "RsvpRun"]
 
@@ -154,19 +155,14 @@ class MarkerSender:
     Each marker is stamped with the flip time it is given."""
 
     def __init__(self, name: str, *, labels: bool = False, source_id: str | None = None):
-        import numpy as np
-        from mne_lsl.lsl import StreamInfo, StreamOutlet
+        from mne_lsl.lsl import StreamOutlet
 
-        self._np = np
         self.name, self.labels = name, labels
-        info = StreamInfo(name, "Markers", 1, 0.0, "string" if labels else "int32", source_id or f"{name}-presenter")
-        self.outlet = StreamOutlet(info)
+        self.outlet = StreamOutlet(marker_stream_info(name, source_id or f"{name}-presenter", strings=labels))
 
     def __call__(self, trial: Trial, flip_time: float) -> None:
-        if self.labels:
-            self.outlet.push_sample([trial.label], timestamp=float(flip_time))
-        else:
-            self.outlet.push_sample(self._np.array([trial.code], dtype=self._np.int32), timestamp=float(flip_time))
+        value = trial.label if self.labels else trial.code
+        self.outlet.push_sample(marker_sample(value, strings=self.labels), timestamp=float(flip_time))
 
     def wait_for_consumers(self, timeout: float) -> bool:
         return bool(self.outlet.wait_for_consumers(timeout=timeout))

@@ -34,7 +34,7 @@ from trainer.errors import BCIError
 from .timeline import Timeline, ring_positions
 
 __all__ = ["ConnectCancelled", "EEGSource", "NumericMarkers", "StreamChanged", "StreamError", "StreamSummary",
-           "StringMarkers", "list_streams", "marker_rows", "open_markers", "resolve_one"]
+           "StringMarkers", "list_streams", "marker_rows", "marker_sample", "marker_stream_info", "open_markers", "resolve_one"]
 
 logger = logging.getLogger("bci_app")
 
@@ -511,6 +511,21 @@ class _Markers:
 
     def close(self) -> None:  # pragma: no cover - interface
         pass
+
+
+def marker_stream_info(name: str, source_id: str, *, strings: bool):
+    """The description of a marker outlet this project sends (``bci-replay``, the
+    presenter): one channel ``marker``, irregular rate, ``int32`` codes or strings."""
+    from mne_lsl.lsl import StreamInfo
+
+    info = StreamInfo(name, "Markers", 1, 0.0, "string" if strings else "int32", source_id)
+    info.set_channel_names(["marker"])
+    return info
+
+
+def marker_sample(value: Any, *, strings: bool) -> list | np.ndarray:
+    """One marker as such an outlet's ``push_sample`` takes it."""
+    return [value] if strings else np.array([value], dtype=np.int32)
 
 
 def marker_rows(rows: np.ndarray, ch_names: list[str], one_hot: bool = False) -> list[list[Any]]:
