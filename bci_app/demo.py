@@ -2,7 +2,7 @@
 
 The first run generates subject 1 of the ``tiny`` synthetic THINGS-like set and fits the
 demo bundle on it with the default recipe (random ``resnet10t``: the only weights a fresh
-offline machine has; about two minutes on a 2-core CPU).  Both are kept in the demo
+offline machine has; about two and a half minutes on a 2-core CPU).  Both are kept in the demo
 folder (``--demo-dir``, ``$BCI_DEMO_DIR`` or ``~/.cache/shallow-bci/demo``), so later runs
 start in seconds (two demos started together on one folder take turns: a lock file).
 Then a ``bci-replay`` process plays the raw test session in a loop as an LSL stream

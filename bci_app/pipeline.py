@@ -149,7 +149,6 @@ class LiveSession:
     def start_recording(self, folder: str | Path, *, from_start: bool = False) -> None:
         """Record into ``folder`` (a new folder; see :mod:`bci_app.recording`) from the next
         sample on, or with ``from_start`` from the oldest sample still buffered."""
-
         if self.recorder is not None:
             raise RuntimeError(f"already recording into {self.recorder.folder}")
         if self.epocher is None:
@@ -312,9 +311,8 @@ class LiveSession:
             self.note(text)
         self.last_epochs = ready  # the preprocessed epochs behind this step's results
         self._record(lambda rec: self.feed.feed())
-        for m, _ in rejected:
-            self._record_marker(m)
         for m, reason in rejected:
+            self._record_marker(m)
             logger.info("epoch at marker %s (t=%.3f) rejected: %s", m.label, m.t, reason)
         if not ready:
             return []
@@ -343,9 +341,8 @@ class LiveSession:
                 self.stats.last_avg[m.stimulus_id] = p.avg_topk
             self.stats.decision_latency.append(t_decided - r.t_ready)
             self.stats.marker_latency.append(t_decided - m.t)
-            if self.recorder is not None:
-                self._record_marker(m)
-                self._record(lambda recorder: recorder.add_prediction(rec))  # noqa: B023 (called now)
+            self._record_marker(m)
+            self._record(lambda recorder: recorder.add_prediction(rec))  # noqa: B023 (called now)
             out.append(rec)
         return out
 
