@@ -50,7 +50,7 @@ from ._checks import check_option, check_path, check_positive, check_type
 from .config import FINAL, POOLINGS, layer_key, layer_of_key
 from .data.images import open_rgb
 from .errors import BCIError, UsageError, UsageTypeError
-from .files import atomic_path
+from .files import atomic_path, sha256_file
 
 __all__ = [
     "Backbone",
@@ -241,14 +241,6 @@ def check_model_name(name: str) -> None:
     raise BCIError(f"unknown timm backbone {name!r}.{hint} {_LIST_MODELS} lists them all.")
 
 
-def _sha256_prefix(path: Path, n_hex: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n_hex]
-
-
 def _count_layers(model: torch.nn.Module, data_config: dict) -> int:
     """Number of indices ``forward_intermediates`` accepts.
 
@@ -336,7 +328,7 @@ def load_backbone(
         if not path.is_file():
             raise BCIError(f"weights file not found: {path} (weights must be 'random', 'hub' or a path "
                            f"to a local .safetensors/.bin/.pth file)")
-        weights_id = f"file-{_sha256_prefix(path)}"
+        weights_id = f"file-{sha256_file(path)[:16]}"
         # custom_load makes timm hand the file to model.load_pretrained(), which for ViTs
         # expects a JAX .npz; a state-dict file must go through the normal loader.
         overlay = dict(file=str(path), custom_load=path.suffix.lower() == ".npz")
