@@ -8,12 +8,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.data.things_eeg2 import INT32_RANGE
+
 __all__ = ["INT32", "Marker", "ReplaySession", "marker_code"]
 
 logger = logging.getLogger("bci_app")
 
 #: the range of a numeric LSL marker (``int32``), the format trigger codes travel in
-INT32 = (-(2**31), 2**31 - 1)
+INT32 = INT32_RANGE
 
 _PREFIXED_NUMBER = re.compile(r"^(?:[A-Za-z ]+/)?\s*[A-Za-z]?\s*(-?\d+)$")
 

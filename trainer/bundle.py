@@ -31,9 +31,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .config import MAX_TEMPERATURE, MIN_TEMPERATURE
+from .data.things_eeg2 import INT32_RANGE
 from .errors import DataFormatError, UsageError
-from .files import atomic_path, atomic_write_text
-from .losses import LogitScale
+from .files import atomic_path, atomic_write_text, sha256_file
 from .preprocessing import PreprocessingSpec
 
 __all__ = ["BUNDLE_FORMAT", "ID_RANGE", "TEMPERATURE_RANGE", "Bundle", "GalleryItem", "load_bundle", "retarget_bundle",
@@ -45,12 +46,11 @@ BUNDLE_FORMAT = 1
 THUMBNAIL_SIZE = 128
 THUMBNAIL_DIR = "thumbnails"
 #: the range of a gallery id: ids are stimulus codes, which travel as int32 LSL markers
-ID_RANGE = (-(2**31), 2**31 - 1)
-#: the temperatures training can produce, with a 0.1 % margin for float rounding: LogitScale
-#: clamps the logit scale (1 / temperature) to at most ``max_scale``; a scale below
-#: ``1 / max_scale`` leaves confidences uniform within 2 % for cosine similarities
-_MAX_SCALE = float(LogitScale.__init__.__kwdefaults__["max_scale"])
-TEMPERATURE_RANGE = (0.999 / _MAX_SCALE, 1.001 * _MAX_SCALE)
+ID_RANGE = INT32_RANGE
+#: the temperatures training can produce (trainer.config), with a 0.1 % margin for float
+#: rounding: LogitScale clamps the logit scale (1 / temperature) to at most 100; a scale
+#: below 1/100 leaves confidences uniform within 2 % for cosine similarities
+TEMPERATURE_RANGE = (0.999 * MIN_TEMPERATURE, 1.001 * MAX_TEMPERATURE)
 #: bundle.json and gallery.json larger than this are refused unread (a 16 540-image
 #: gallery.json is about 2 MB)
 _MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -173,14 +173,6 @@ def _write_gallery(out: Path, emb: torch.Tensor, ids: Sequence[int], concepts: S
     return written + ["gallery.json"]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_gallery_ids(ids: Sequence[int]) -> list[int]:
     """Gallery ids as ints: unique, each an int32 marker code (UsageError otherwise)."""
     out = []
@@ -198,7 +190,7 @@ def _check_gallery_ids(ids: Sequence[int]) -> list[int]:
 def _write_config(out: Path, config: dict, files: Sequence[str]) -> None:
     """bundle.json, written last, with the SHA-256 of every other file of the bundle."""
     config = dict(config)
-    config["files"] = {rel: _sha256(out / rel) for rel in files}
+    config["files"] = {rel: sha256_file(out / rel) for rel in files}
     atomic_write_text(out / "bundle.json", json.dumps(config, indent=2) + "\n")
 
 
@@ -329,7 +321,7 @@ class _Files:
         if not path.is_file():
             raise DataFormatError(path, None, "missing" if not path.exists() else "not a file")
         try:
-            digest = _sha256(path)
+            digest = sha256_file(path)
         except OSError as err:
             raise DataFormatError(path, None, f"unreadable ({err.strerror or err})") from None
         self._check(rel, path, digest)

@@ -19,9 +19,11 @@ __all__ = ["FINAL", "POOLINGS", "FitConfig", "default_cache_dir", "layer_key", "
 
 #: the name of a backbone's own final (pooled pre-logits) embedding among its layers
 FINAL = "final"
-#: the temperatures training keeps to: the logit scale is clamped within 1/100..100
-#: (trainer.losses.LogitScale), and a bundle refuses others (trainer.bundle.TEMPERATURE_RANGE)
-MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+#: the largest logit scale (1 / temperature) training allows: trainer.losses.LogitScale
+#: clamps to it; the temperatures training keeps to are 1/100..100, and a bundle refuses
+#: others (trainer.bundle.TEMPERATURE_RANGE)
+MAX_LOGIT_SCALE = 100.0
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1.0 / MAX_LOGIT_SCALE, MAX_LOGIT_SCALE
 #: how a transformer layer's tokens are pooled (a CNN stage's map is averaged: "mean"); see trainer.vision
 POOLINGS = ("mean", "cls", "mean+cls")
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import MAX_LOGIT_SCALE
 from .errors import UsageError, UsageTypeError
 
 __all__ = ["LogitScale", "clip_loss"]
@@ -92,7 +93,7 @@ class LogitScale(nn.Module):
     :meth:`clamp_` after each optimiser step to keep the stored value within it.
     """
 
-    def __init__(self, temperature: float = 0.07, *, learnable: bool = True, max_scale: float = 100.0):
+    def __init__(self, temperature: float = 0.07, *, learnable: bool = True, max_scale: float = MAX_LOGIT_SCALE):
         super().__init__()
         for name, value in (("temperature", temperature), ("max_scale", max_scale)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -51,8 +51,9 @@ CATCH_CODE = 99999
 PARTITIONS = ("training", "test")
 PREPROCESSED_KEYS = ("preprocessed_eeg_data", "ch_names", "times")
 RAW_KEYS = ("raw_eeg_data", "ch_names", "ch_types", "sfreq")
-#: the largest stim code: markers travel as int32 over LSL
-MAX_CODE = 2**31 - 1
+#: the range of a stimulus code: markers travel as int32 over LSL
+INT32_RANGE = (-(2**31), 2**31 - 1)
+MAX_CODE = INT32_RANGE[1]
 
 
 def partition_of(path: str | Path) -> str:
