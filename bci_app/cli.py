@@ -141,11 +141,8 @@ def _run_headless(args: argparse.Namespace) -> int:
 
         from .demo import prepare_demo, start_replay
 
-        progress = ProgressBars()
-        try:
+        with ProgressBars() as progress:
             files = prepare_demo(args.demo_dir, progress=progress)
-        finally:
-            progress.close()
         replay = start_replay(files)
         print(f"bci-app: demo: replaying {files.session} as {replay.name!r}", file=sys.stderr, flush=True)
         args.bundle, args.stream = str(files.bundle), replay.name

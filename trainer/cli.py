@@ -237,13 +237,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     values = _config_values(args, skip=_SWEEP_OWN)
     values.update(data=str(args.data), out=str(args.out))
     base = FitConfig(**values).validate()
-    progress = ProgressBars()
-    try:
+    with ProgressBars() as progress:
         rows = sweep(base, backbones=[b.strip() for b in args.backbones.split(",") if b.strip()],
                      subjects=_int_list(args.subjects, "--subjects"), seeds=_int_list(args.seeds, "--seeds"),
                      layers=args.layers, jobs=args.jobs, overwrite=args.overwrite, progress=progress)
-    finally:
-        progress.close()
     print((Path(args.out) / "sweep.md").read_text())
     print(f"{len(rows)} runs; table: {Path(args.out) / 'sweep.csv'}")
     return 0
@@ -253,13 +250,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import pretrain_backbone
     from .progress import ProgressBars
 
-    progress = ProgressBars()
-    try:
+    with ProgressBars() as progress:
         summary = pretrain_backbone(args.data, args.backbone, args.out, image_size=args.image_size, epochs=args.epochs,
                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                                     color_jitter=args.color_jitter, progress=progress)
-    finally:
-        progress.close()
     print(f"pretrained {summary['backbone']} on {summary['images']} images of {summary['classes']} training concepts "
           f"in {summary['seconds']:.0f} s: training accuracy {summary['train_accuracy']:.3f}")
     print(f"weights: {summary['weights']}")
@@ -274,11 +268,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     values = _config_values(args)
     cfg = FitConfig(**values)
-    progress = ProgressBars()
-    try:
+    with ProgressBars() as progress:
         metrics = fit(cfg, progress, overwrite=args.overwrite)
-    finally:
-        progress.close()
     _print_metrics(metrics, header=f"run {cfg.out}: layer {metrics['layer']}, validation top-1 {metrics['val_top1']:.3f}")
     return 0
 
@@ -340,12 +331,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         if not args.snr > 0 or args.snr != args.snr or args.snr == float("inf"):
             raise UsageError(f"--snr must be a positive number, got {args.snr}")
         preset = replace(PRESETS[args.preset], snr=args.snr)
-    progress = ProgressBars()
-    try:
+    with ProgressBars() as progress:
         summary = generate(args.out, preset, subjects=args.subjects, seed=args.seed, variants=variants,
                            meg=args.meg, progress=progress)
-    finally:
-        progress.close()
     print(f"wrote a synthetic THINGS-like data set to {args.out} in {summary['seconds']:.0f} s "
           f"(preset {args.preset}, seed {args.seed})")
     return _cmd_info(argparse.Namespace(data=args.out))

@@ -132,6 +132,12 @@ class ProgressBars:
             self.bar.close()
             self.bar = None
 
+    def __enter__(self) -> "ProgressBars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
