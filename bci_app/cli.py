@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bci-app", parents=[verbose],
         usage="bci-app [options]                  the live decoder (window, --headless, --demo)\n"
-              "       bci-app streams|recover|sys-info [options]",
+              "       bci-app present|streams|recover|sys-info [options]",
         description="Decode a live EEG stream with a model bundle: epochs on stimulus markers, retrieves the "
                     "seen image among the bundle's gallery, in a window (default) or --headless. 'bci-app --demo' "
                     "runs everything on synthetic data with no amplifier. 'bci-app COMMAND --help' describes "
@@ -96,6 +96,49 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Make recording-raw.fif from the journal of a recording that did not finish.")
     s.add_argument("folder", help="the recording folder (bci-app --record DIR)")
     s.set_defaults(run=_cmd_recover, command="recover")
+    s = sub.add_parser(
+        "present", prog="bci-app present", parents=[sub_verbose], help="show images in RSVP and send their markers",
+        description="The stimulus presenter: images in the THINGS-EEG2 RSVP paradigm (100 ms on, 100 ms blank, "
+                    "sequences of 20), each onset's marker sent on an LSL marker stream stamped with the time the "
+                    "frame reached the screen. Space (or return) starts a sequence and answers a catch target, P "
+                    "pauses, Esc aborts. Exits when the list is done; writes a timing log and prints a timing report.")
+    s.add_argument("--images", required=True, metavar="SRC",
+                   help="a data folder (THINGS-EEG2 layout, real or synthetic), a bundle folder (its gallery) or a "
+                        "folder of image files")
+    s.add_argument("--set", choices=("train", "test"), default="test",
+                   help="data folders: the training or the test images (default test)")
+    s.add_argument("--repetitions", type=int, default=1, help="times each image is shown (default 1)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random order (default 0)")
+    s.add_argument("--markers", default="bci-presenter", metavar="NAME",
+                   help="name of the marker stream (default bci-presenter)")
+    s.add_argument("--labels", action="store_true",
+                   help="send 'concept/file' string markers instead of numeric image ids")
+    s.add_argument("--screen", type=int, default=0, help="screen to show the images on (default 0)")
+    s.add_argument("--windowed", action="store_true", help="a window instead of full screen")
+    s.add_argument("--no-vsync", action="store_true",
+                   help="time frames with a timer instead of the display's refresh (where swap control does not work)")
+    s.add_argument("--refresh", type=float, default=None, metavar="HZ",
+                   help="the display's refresh rate (default: what the screen reports; vsync measures it)")
+    s.add_argument("--duration", type=float, default=None, metavar="MIN",
+                   help="show only the sequences that fit in this many minutes")
+    s.add_argument("--pause", type=float, default=None, metavar="S",
+                   help="start the next sequence by itself after S seconds (default: wait for the space key)")
+    s.add_argument("--sequence-length", type=int, default=20, help="images per sequence (default 20)")
+    s.add_argument("--on-ms", type=float, default=100.0, help="image duration (default 100 ms, whole frames)")
+    s.add_argument("--off-ms", type=float, default=100.0, help="blank between images (default 100 ms, whole frames)")
+    s.add_argument("--catch", default=None, metavar="IMAGE",
+                   help="a catch target image, to which the participant answers with the space key")
+    s.add_argument("--catch-rate", type=float, default=0.3,
+                   help="share of the sequences with one catch target (default 0.3, with --catch)")
+    s.add_argument("--photodiode", choices=("top-left", "top-right", "bottom-left", "bottom-right"), default=None,
+                   help="a square in this corner that turns white and black at alternate onsets")
+    s.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="image side in pixels (default 500, at most 80%% of the screen)")
+    s.add_argument("--log", default=None, metavar="FILE",
+                   help="the timing log (default presentation-DATE-TIME.json in the current folder)")
+    s.add_argument("--no-receiver-check", action="store_true",
+                   help="start even when no program receives the markers (they are lost then)")
+    s.set_defaults(run=_cmd_present, command="present")
     s = sub.add_parser("sys-info", prog="bci-app sys-info", parents=[sub_verbose], help="versions of the parts this app runs on",
                        description="Versions of the parts this app runs on, and whether the window can open here.")
     s.set_defaults(run=_cmd_sys_info, command="sys-info")
@@ -228,6 +271,29 @@ def _window_entry():
         raise BCIError(f"the window needs Qt (PySide6), which does not load here: {err}; "
                        "--headless works without it") from None
     return run_window
+
+
+def _cmd_present(args: argparse.Namespace) -> int:
+    for name in ("repetitions", "sequence_length", "image_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("refresh", "duration", "on_ms"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    for name in ("pause", "off_ms"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if not 0.0 <= args.catch_rate <= 1.0:
+        raise UsageError(f"--catch-rate must lie in 0..1, got {args.catch_rate}")
+    from .display import require_window_support
+
+    require_window_support()
+    from .gui.presenter import run_presenter
+
+    return run_presenter(args)
 
 
 def _cmd_streams(args: argparse.Namespace) -> int:

@@ -9,7 +9,9 @@ frames: image ``k`` of a sequence is due ``k * soa_frames`` flips after the firs
 frame the display drops delays the rest of that sequence, and the log shows by how much.
 
 Between sequences the run waits: for :meth:`RsvpRun.proceed` (the participant's key) or,
-with ``auto_pause``, that many seconds.
+with ``auto_pause``, that many seconds.  While :attr:`RsvpRun.hold` names a reason (the
+presenter sets it while no program receives the markers), the next sequence does not
+start at all and the reason is the prompt.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class RsvpRun:
         self._photodiode = False
         self._pause_after = False
         self.shown = 0  # images shown so far
+        self.hold: str | None = None  # while set, no sequence starts (the reason is shown)
 
     @property
     def total(self) -> int:
@@ -74,9 +77,18 @@ class RsvpRun:
     def finished(self) -> bool:
         return self.state in ("done", "aborted")
 
+    def seconds_left(self, pause_s: float) -> float:
+        """The time the run still needs: the images not yet shown, and ``pause_s`` for
+        each pause between sequences still to come."""
+        if self.finished:
+            return 0.0
+        pauses = len(self.sequences) - self.sequence - (self.state == "running")
+        return (self.total - self.shown) * self.timing.soa_frames * self.timing.frame + pauses * pause_s
+
     def proceed(self) -> None:
-        """Start the next sequence at the next frame (the participant's key)."""
-        if self.state == "waiting":
+        """Start the next sequence at the next frame (the participant's key); not while
+        :attr:`hold` is set."""
+        if self.state == "waiting" and self.hold is None:
             self.state = "running"
             self._frame = 0
 
@@ -102,14 +114,18 @@ class RsvpRun:
 
     def frame(self, now: float) -> Frame:
         """What the next frame shows (``now``: the LSL time, for the automatic pause)."""
-        if self.state == "waiting" and self.auto_pause is not None:
+        if self.state == "waiting" and self.hold is not None:
+            self._waiting_since = None  # the pause counts from the end of the hold
+        elif self.state == "waiting" and self.auto_pause is not None:
             if self._waiting_since is None:
                 self._waiting_since = now
             if now - self._waiting_since >= self.auto_pause:
                 self.proceed()
         if self.state != "running":
             prompt = None
-            if self.state == "waiting":
+            if self.state == "waiting" and self.hold is not None:
+                prompt = self.hold
+            elif self.state == "waiting":
                 prompt = (f"sequence {self.sequence + 1} of {len(self.sequences)}"
                           + ("" if self.auto_pause is not None else ": press a key to start"))
             elif self.state == "paused":
@@ -163,6 +179,10 @@ class MarkerSender:
     def __call__(self, trial: Trial, flip_time: float) -> None:
         value = trial.label if self.labels else trial.code
         self.outlet.push_sample(marker_sample(value, strings=self.labels), timestamp=float(flip_time))
+
+    def has_consumers(self) -> bool:
+        """Whether a program (a recorder, the decoder) receives the markers now."""
+        return bool(self.outlet.has_consumers)
 
     def wait_for_consumers(self, timeout: float) -> bool:
         return bool(self.outlet.wait_for_consumers(timeout=timeout))

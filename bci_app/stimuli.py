@@ -27,7 +27,8 @@ import numpy as np
 from trainer.data.things_eeg2 import CATCH_CODE
 from trainer.errors import MissingFileError, UsageError
 
-__all__ = ["CATCH_CODE", "IMAGE_SUFFIXES", "FrameTiming", "Stimulus", "Trial", "load_stimuli", "make_sequences"]
+__all__ = ["CATCH_CODE", "IMAGE_SUFFIXES", "FrameTiming", "Stimulus", "Trial", "limit_duration", "load_stimuli",
+           "make_sequences"]
 
 #: files a folder of images is read for
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -163,3 +164,17 @@ class FrameTiming:
     def onset_frames(self, n: int) -> np.ndarray:
         """The planned onset frames of a sequence of ``n`` images, from its first onset."""
         return np.arange(n, dtype=np.int64) * self.soa_frames
+
+
+def limit_duration(sequences: list[list[Trial]], timing: FrameTiming, minutes: float, pause_s: float) -> list[list[Trial]]:
+    """The first sequences that fit in ``minutes`` (each sequence's images, and ``pause_s``
+    before it); at least one."""
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise UsageError(f"the duration must be a positive number of minutes, got {minutes!r}")
+    budget, used = 60.0 * minutes, 0.0
+    soa_s = timing.soa_frames * timing.frame
+    for n, sequence in enumerate(sequences):
+        used += pause_s + len(sequence) * soa_s
+        if used > budget:
+            return sequences[: max(n, 1)]
+    return sequences

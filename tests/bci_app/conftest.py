@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +197,31 @@ def free_display():
         pytest.skip("no free X display number")
 
     return find
+
+
+@pytest.fixture
+def xvfb(tmp_path, free_display):
+    """start(auth=False) runs Xvfb on a free display; returns the display name."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+    procs = []
+
+    def start(auth: Path | None = None) -> str:
+        n = free_display()
+        cmd = ["Xvfb", f":{n}", "-nolisten", "tcp", "-screen", "0", "1024x768x24"]
+        if auth is not None:
+            cmd += ["-auth", str(auth)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        deadline = time.monotonic() + 20
+        while not Path(f"/tmp/.X11-unix/X{n}").exists():
+            assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
+            assert time.monotonic() < deadline, "Xvfb did not start"
+            time.sleep(0.05)
+        return f":{n}"
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stderr.close()

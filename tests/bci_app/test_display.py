@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -255,34 +254,6 @@ def test_a_display_that_never_answers_times_out(free_display):
     if support.kind == "missing-libraries":  # the plugin does not load, so nothing connects
         pytest.skip("the xcb plugin's libraries are missing here")
     assert not support.ok and support.kind == "timeout" and "did not start within 3 s" in support.problem
-
-
-@pytest.fixture
-def xvfb(tmp_path, free_display):
-    """start(auth=False) runs Xvfb on a free display; returns the display name."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
-    procs = []
-
-    def start(auth: Path | None = None) -> str:
-        n = free_display()
-        cmd = ["Xvfb", f":{n}", "-nolisten", "tcp", "-screen", "0", "1024x768x24"]
-        if auth is not None:
-            cmd += ["-auth", str(auth)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        procs.append(proc)
-        deadline = time.monotonic() + 20
-        while not Path(f"/tmp/.X11-unix/X{n}").exists():
-            assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
-            assert time.monotonic() < deadline, "Xvfb did not start"
-            time.sleep(0.05)
-        return f":{n}"
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
-        proc.stderr.close()
 
 
 @linux_only

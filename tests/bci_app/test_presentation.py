@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from bci_app.presentation import TimingLog
@@ -68,3 +69,18 @@ def test_a_flip_time_that_is_not_a_number_is_refused():
     with pytest.raises(ValueError, match="finite"):
         log.add(trial, float("nan"))
     assert log.summary()["error_ms"] is None and log.report().startswith("timing (timer, 60 Hz")
+
+
+def test_swaps_paced_by_the_display_are_told_from_swaps_that_are_not():
+    from bci_app.presentation import swap_pacing
+
+    rng = np.random.default_rng(0)
+    paced = 3.0 + np.arange(40) / 59.94 + 0.0003 * rng.standard_normal(40)  # refreshes, stamped with jitter
+    paced[20:] += 1 / 59.94  # and one refresh missed
+    ok, hz = swap_pacing(np.r_[0.0, paced], 60.0)  # a slow first swap (the window appearing) is left out
+    assert ok and abs(hz - 59.94) < 0.05
+    unpaced = np.cumsum(np.full(40, 0.006))  # a virtual display: as fast as the machine draws
+    ok, hz = swap_pacing(unpaced, 60.0)
+    assert not ok and abs(hz - 1 / 0.006) < 1
+    with pytest.raises(ValueError, match="at least 4"):
+        swap_pacing([0.0, 0.016, 0.033], 60.0)
