@@ -67,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "at a time; more for large encoders on CPU)")
     p.add_argument("--headless", action="store_true",
                    help="no window: one JSON line per decoded epoch on stdout, logs and the summary on stderr")
-    p.add_argument("--demo", action="store_true",
-                   help="the demo: make (first time, a few minutes) or reuse synthetic data and a demo bundle, "
-                        "replay a session in a background process and decode it")
+    p.add_argument("--demo", nargs="?", const="closed-loop", choices=("closed-loop", "replay"), default=None,
+                   help="the demo: make (first time, a few minutes) or reuse synthetic data and a demo bundle, then "
+                        "decode, live, a simulated participant watching the presenter show the test images "
+                        "(closed-loop, the default), or a replay of a recorded session (--demo replay)")
     p.add_argument("--demo-dir", default=None, metavar="DIR",
                    help="where the demo keeps its data and bundle (default $BCI_DEMO_DIR or "
                         "~/.cache/shallow-bci/demo)")
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the timing log (default presentation-DATE-TIME.json in the current folder)")
     s.add_argument("--no-receiver-check", action="store_true",
                    help="start even when no program receives the markers (they are lost then)")
+    s.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)  # the demo's presenter
     s.set_defaults(run=_cmd_present, command="present")
     s = sub.add_parser("sys-info", prog="bci-app sys-info", parents=[sub_verbose], help="versions of the parts this app runs on",
                        description="Versions of the parts this app runs on, and whether the window can open here.")
@@ -182,17 +184,26 @@ def _run_headless(args: argparse.Namespace) -> int:
     if args.demo:
         from trainer.progress import ProgressBars
 
-        from .demo import prepare_demo, start_replay
+        from .demo import prepare_demo, start_closed_loop, start_replay
 
         with ProgressBars() as progress:
             files = prepare_demo(args.demo_dir, progress=progress)
-        replay = start_replay(files)
-        print(f"bci-app: demo: replaying {files.session} as {replay.name!r}", file=sys.stderr, flush=True)
+        if args.demo == "replay":
+            replay = start_replay(files)
+            print(f"bci-app: demo: replaying {files.session} as {replay.name!r}", file=sys.stderr, flush=True)
+        else:
+            replay = start_closed_loop(files, offscreen=True)
+            print(f"bci-app: demo: a simulated participant (subject 1 of {files.data}) watches the presenter "
+                  f"(offscreen) as {replay.name!r}", file=sys.stderr, flush=True)
         args.bundle, args.stream = str(files.bundle), replay.name
         args.markers, args.source_id = f"{replay.name}-markers", f"{replay.name}-src"
         args.timeout = max(args.timeout, 30.0)
     try:
         return _decode_headless(args)
+    except BCIError as err:
+        if replay is not None and replay.ended_text():  # the cause is the demo process that ended
+            raise BCIError(f"{err} ({replay.ended_text()})") from None
+        raise
     finally:
         if replay is not None:
             replay.stop()
@@ -291,6 +302,8 @@ def _cmd_present(args: argparse.Namespace) -> int:
     from .display import require_window_support
 
     require_window_support()
+    if args.exit_with_parent:
+        _exit_with_parent()
     from .gui.presenter import run_presenter
 
     return run_presenter(args)
@@ -369,23 +382,108 @@ def build_replay_parser() -> argparse.ArgumentParser:
     """The ``bci-replay`` command line."""
     p = argparse.ArgumentParser(
         prog="bci-replay",
+        usage="bci-replay PATH [options]                 play a recorded session\n"
+              "       bci-replay --simulate --data DIR --subject N --markers-from NAME [options]",
         description="Play a recorded session as LSL streams: the EEG as NAME, the stimulus markers as NAME-markers. "
                     "PATH: a THINGS-EEG2 raw .npy session, any file MNE reads (.fif, .vhdr, .edf, ...; stim channel "
-                    "or annotations give the markers), an .xdf recording, or a bci-app --record folder.",
+                    "or annotations give the markers), an .xdf recording, or a bci-app --record folder. "
+                    "With --simulate instead: a simulated participant, a subject of a synthetic data set who "
+                    "answers the markers of a presenter with EEG streamed as NAME.",
     )
-    p.add_argument("path")
-    p.add_argument("--name", default="bci-replay", help="EEG stream name (default bci-replay)")
+    p.add_argument("path", nargs="?", default=None, help="the recorded session to play (not with --simulate)")
+    p.add_argument("--name", default=None, help="EEG stream name (default bci-replay; with --simulate bci-simulate)")
     p.add_argument("--source-id", default=None, help="LSL source id (default: unique per run)")
-    p.add_argument("--loop", action="store_true", help="start again at the end, forever")
     p.add_argument("--chunk-size", type=int, default=10, help="samples per pushed chunk (default 10)")
-    p.add_argument("--markers", choices=("numeric", "string", "none"), default="numeric",
+    p.add_argument("--loop", action="store_true", help="start again at the end, forever")
+    p.add_argument("--markers", choices=("numeric", "string", "none"), default=None,
                    help="numeric: int32 codes (THINGS image numbers); string: text labels (image file or code); "
                         "none: no marker stream (default numeric)")
     p.add_argument("--xdf-stream", default=None, help="XDF only: name of the signal stream to play")
     p.add_argument("--xdf-markers", default=None, help="XDF only: name of the marker stream to use")
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)  # the demo's replay
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    s = p.add_argument_group(
+        "a simulated participant (--simulate)",
+        "Subject N of the synthetic set in DIR (bci-train synth), or a new person with --subject-seed, streams "
+        "the set's 63-channel EEG at 1000 Hz and adds its response to each image the marker stream names, at the "
+        "marker's time plus the set's trigger delay. It stops when the marker stream has been gone for "
+        "--marker-timeout seconds, or on Ctrl-C.")
+    s.add_argument("--simulate", action="store_true", help="simulate a participant instead of playing PATH")
+    s.add_argument("--data", default=None, metavar="DIR", help="the synthetic data set (made by bci-train synth)")
+    s.add_argument("--subject", type=int, default=None, metavar="N", help="the subject (1-based)")
+    s.add_argument("--subject-seed", type=int, default=None, metavar="S",
+                   help="a new person instead, in no data set (S >= 0; with N, one person of the set's population)")
+    s.add_argument("--markers-from", default=None, metavar="NAME", help="the marker stream to answer (the presenter's)")
+    s.add_argument("--set", dest="image_set", choices=("test", "train"), default=None,
+                   help="the images numeric markers count in (default: what the marker stream announces, else test)")
+    s.add_argument("--snr", type=float, default=None, help="scale of the informative responses (default: the set's)")
+    s.add_argument("--no-noise", action="store_true", help="the responses alone, without background EEG (for checks)")
+    s.add_argument("--seed", type=int, default=None, help="seed of the noise and the trial gains (default 0)")
+    s.add_argument("--delay", type=float, default=None, metavar="SECONDS",
+                   help="from a marker to its response's onset (default: minus the set's trigger delay, -0.011: "
+                        "each marker plays the set's trigger, and epochs are the set's; 0: the marker is the moment "
+                        "the image is seen)")
+    s.add_argument("--latency", type=float, default=None, metavar="SECONDS",
+                   help="push each chunk this long after its samples' time, as an amplifier's buffer does (default "
+                        "0.05; delay + latency must be at least 0.005)")
+    s.add_argument("--marker-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop once the marker stream has been gone this long (default 5)")
+    s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="wait this long for the marker stream at the start (default 10)")
     return p
+
+
+_REPLAY_ONLY = ("loop", "markers", "xdf_stream", "xdf_markers")
+_SIMULATE_ONLY = ("data", "subject", "subject_seed", "markers_from", "image_set", "snr", "no_noise", "seed", "delay",
+                  "latency", "marker_timeout", "timeout")
+
+
+def _option(name: str) -> str:
+    return "--set" if name == "image_set" else "--" + name.replace("_", "-")
+
+
+def _check_replay_args(args: argparse.Namespace) -> None:
+    """PATH or --simulate, each with its own options; fills in the defaults that depend
+    on which."""
+    import math
+
+    if args.path is not None and args.simulate:
+        raise UsageError("give either PATH (a recorded session to play) or --simulate, not both")
+    if args.path is None and not args.simulate:
+        raise UsageError("give PATH (a recorded session to play) or --simulate (a simulated participant)")
+    if args.chunk_size < 1:
+        raise UsageError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    given = [n for n in (_SIMULATE_ONLY if args.path is not None else _REPLAY_ONLY) if getattr(args, n) not in (None, False)]
+    if given:
+        options = ", ".join(_option(n) for n in given)
+        raise UsageError(f"{options}: only with --simulate" if args.path is not None
+                         else f"{options}: only for playing a recorded session, not with --simulate")
+    if not args.simulate:
+        args.name, args.markers = args.name or "bci-replay", args.markers or "numeric"
+        return
+    missing = [o for o, v in (("--data DIR", args.data), ("--subject N", args.subject),
+                              ("--markers-from NAME", args.markers_from)) if v is None]
+    if missing:
+        raise UsageError(f"--simulate needs {', '.join(missing)}")
+    for name in ("subject_seed", "seed"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise UsageError(f"{_option(name)} must be >= 0, got {getattr(args, name)}")
+    for name in ("snr", "marker_timeout", "timeout"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{_option(name)} must be > 0, got {value}")
+    if args.latency is not None and not (math.isfinite(args.latency) and args.latency >= 0):
+        raise UsageError(f"--latency must be >= 0 seconds, got {args.latency}")
+    if args.delay is not None and not math.isfinite(args.delay):
+        raise UsageError(f"--delay must be a number of seconds, got {args.delay}")
+    args.name = args.name or "bci-simulate"
+    args.seed = 0 if args.seed is None else args.seed
+    if args.latency is None:
+        from .simulate import DEFAULT_LATENCY
+
+        args.latency = DEFAULT_LATENCY
+    args.marker_timeout = 5.0 if args.marker_timeout is None else args.marker_timeout
+    args.timeout = 10.0 if args.timeout is None else args.timeout
 
 
 def _exit_with_parent() -> None:
@@ -417,7 +515,12 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if args.exit_with_parent:
         _exit_with_parent()
-    return run_command("bci-replay", lambda: _replay(args), verbose=args.verbose, interrupted=0)
+    return run_command("bci-replay", lambda: _replay_command(args), verbose=args.verbose, interrupted=0)
+
+
+def _replay_command(args: argparse.Namespace) -> int:
+    _check_replay_args(args)
+    return _simulate(args) if args.simulate else _replay(args)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -448,6 +551,37 @@ def _replay(args: argparse.Namespace) -> int:
         if player.running:
             player.stop()
     print(f"bci-replay: done ({player.markers_sent} markers sent)", file=sys.stderr)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from trainer.progress import ProgressBars
+    from trainer.synth.live import SimulatedSubject
+
+    from .simulate import Simulator
+
+    with ProgressBars() as progress:  # the set's images are rendered again for their features
+        subject = SimulatedSubject.open(args.data, args.subject, person=args.subject_seed, snr=args.snr,
+                                        progress=lambda _, done, total: progress("rendering the set's images again, "
+                                                                                 "for their features", done, total))
+    sim = Simulator(subject, name=args.name, markers=args.markers_from, source_id=args.source_id,
+                    image_set=args.image_set, chunk_size=args.chunk_size, noise=not args.no_noise, seed=args.seed,
+                    delay=args.delay, latency=args.latency, marker_timeout=args.marker_timeout, timeout=args.timeout)
+    sim.start()
+    try:
+        noise = "no noise" if args.no_noise else f"noise seed {args.seed}"
+        latency = f", samples pushed {1000 * sim.latency:g} ms after their time" if sim.latency else ""
+        print(f"bci-replay: simulating {subject.describe()} (snr {subject.config.snr:g}, {noise}) as {args.name!r} "
+              f"({len(subject.model.ch_names)} EEG channels, {sim.sfreq:g} Hz, source id {sim.source_id!r}), "
+              f"answering the markers of {args.markers_from!r} (looked for up to {args.timeout:g} s; responses "
+              f"{1000 * sim.delay:g} ms after their marker{latency}); Ctrl-C stops", file=sys.stderr, flush=True)
+        try:
+            reason = sim.run()
+        except KeyboardInterrupt:
+            reason = "stopped"
+    finally:
+        sim.close()
+    print(f"bci-replay: done ({reason}): {sim.stats.describe()}", file=sys.stderr)
     return 0
 
 

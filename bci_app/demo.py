@@ -1,12 +1,19 @@
-"""The one-command demo (``bci-app --demo``): synthetic data, a demo bundle, a replay.
+"""The one-command demo (``bci-app --demo``): synthetic data, a demo bundle, and a live
+experiment to decode.
 
 The first run generates subject 1 of the ``tiny`` synthetic THINGS-like set and fits the
 demo bundle on it with the default recipe (random ``resnet10t``: the only weights a fresh
 offline machine has; about two and a half minutes on a 2-core CPU).  Both are kept in the demo
 folder (``--demo-dir``, ``$BCI_DEMO_DIR`` or ``~/.cache/shallow-bci/demo``), so later runs
 start in seconds (two demos started together on one folder take turns: a lock file).
-Then a ``bci-replay`` process plays the raw test session in a loop as an LSL stream
-under a unique name, and the live app decodes it.
+
+Then, by default, the closed loop (:func:`start_closed_loop`): a ``bci-app present``
+process shows the set's test images in RSVP and sends their markers, a
+``bci-replay --simulate`` process is subject 1 looking at them (the data set's brain
+answers each marker, live, on an EEG stream), and the app decodes that stream.  With
+``--demo replay`` a ``bci-replay`` process plays the recorded raw test session in a loop
+instead (:func:`start_replay`).  Each runs under a unique stream name and stops with the
+app (also when the app dies).
 
 ``tiny`` rather than ``small``: with the random backbone the demo has to use, ``tiny``
 (20-way) decodes at 5-6x chance while ``small`` (50-way) reaches 3x, and ``tiny`` is ready
@@ -31,7 +38,7 @@ from typing import Iterator
 from trainer.files import atomic_write_text
 from trainer.progress import JobProgress, Progress
 
-__all__ = ["DemoFiles", "DemoReplay", "demo_dir", "prepare_demo", "start_replay"]
+__all__ = ["DemoFiles", "DemoLoop", "DemoProcess", "demo_dir", "prepare_demo", "start_closed_loop", "start_replay"]
 
 logger = logging.getLogger("bci_app")
 
@@ -193,11 +200,11 @@ def _make_bundle(files: DemoFiles, job: JobProgress) -> None:
     partial.rename(files.bundle)
 
 
-class DemoReplay:
-    """A ``bci-replay`` process playing the demo session in a loop (see :func:`start_replay`)."""
+class DemoProcess:
+    """A background process of the demo (a replay, a simulated participant, a presenter)."""
 
-    def __init__(self, process: subprocess.Popen, name: str, log_path: Path):
-        self.process, self.name, self.log_path = process, name, log_path
+    def __init__(self, process: subprocess.Popen, name: str, log_path: Path, what: str = "replay process"):
+        self.process, self.name, self.log_path, self.what = process, name, log_path, what
 
     @property
     def running(self) -> bool:
@@ -209,9 +216,13 @@ class DemoReplay:
         except OSError:
             return ""
 
+    def ended_text(self) -> str:
+        """What to tell when the process has ended ("" while it runs)."""
+        return "" if self.running else f"the {self.what} ended: {self.error_text() or 'no output'}"
+
     def stop(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:
-            self.process.terminate()  # bci-replay stops cleanly on SIGTERM
+            self.process.terminate()  # bci-replay and bci-app present stop cleanly on SIGTERM
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -219,16 +230,76 @@ class DemoReplay:
                 self.process.wait()
 
 
-def start_replay(files: DemoFiles, name: str | None = None) -> DemoReplay:
+DemoReplay = DemoProcess  # the name of earlier versions
+
+
+def _start(code: str, args: list[str], name: str, log_path: Path, what: str, env: dict | None = None) -> DemoProcess:
+    log = open(log_path, "w")
+    cmd = [sys.executable, "-c", f"import sys; from bci_app.cli import {code}; sys.exit({code}())", *args]
+    try:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    finally:
+        log.close()
+    return DemoProcess(process, name, log_path, what)
+
+
+def start_replay(files: DemoFiles, name: str | None = None) -> DemoProcess:
     """Start ``bci-replay SESSION --loop`` in a background process under a unique stream name
     (its markers are ``NAME-markers``).  Its output goes to ``replay.log`` in the demo folder."""
     name = name or f"bci-demo-{uuid.uuid4().hex[:8]}"
-    log_path = files.root / "replay.log"
-    log = open(log_path, "w")
-    cmd = [sys.executable, "-c", "import sys; from bci_app.cli import replay_main; sys.exit(replay_main())",
-           str(files.session), "--name", name, "--source-id", f"{name}-src", "--loop", "--exit-with-parent"]
-    try:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    finally:
-        log.close()
-    return DemoReplay(process, name, log_path)
+    return _start("replay_main", [str(files.session), "--name", name, "--source-id", f"{name}-src", "--loop",
+                                  "--exit-with-parent"], name, files.root / "replay.log", "replay process")
+
+
+class DemoLoop:
+    """The closed loop's two processes: the presenter (markers ``NAME-markers``) and the
+    simulated participant (EEG ``NAME``, source id ``NAME-src``)."""
+
+    def __init__(self, presenter: DemoProcess, participant: DemoProcess, name: str):
+        self.presenter, self.participant, self.name = presenter, participant, name
+
+    @property
+    def markers(self) -> str:
+        return f"{self.name}-markers"
+
+    @property
+    def running(self) -> bool:
+        return self.presenter.running and self.participant.running
+
+    def ended_text(self) -> str:
+        """What to tell when either process has ended ("" while both run)."""
+        return self.participant.ended_text() or self.presenter.ended_text()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.presenter.stop(timeout)
+        self.participant.stop(timeout)
+
+
+#: images the demo's presenter shows per repetition of the test set, and repetitions:
+#: 20 images x 1000 is more than an hour of RSVP
+DEMO_REPETITIONS = 1000
+
+
+def start_closed_loop(files: DemoFiles, name: str | None = None, *, offscreen: bool = False) -> DemoLoop:
+    """Start the presenter (``bci-app present``: the test images in random order, a new
+    sequence every half second, in a small window; ``offscreen``: no window at all) and
+    the simulated participant (``bci-replay --simulate``: subject 1 of the demo data)
+    under a unique stream name.  Their output goes to ``presenter.log`` and
+    ``participant.log`` in the demo folder, the presenter's timing log to
+    ``presentation.json``."""
+    name = name or f"bci-demo-{uuid.uuid4().hex[:8]}"
+    markers = f"{name}-markers"
+    participant = _start("replay_main", ["--simulate", "--data", str(files.data), "--subject", str(DEMO_SUBJECT),
+                                         "--name", name, "--source-id", f"{name}-src", "--markers-from", markers,
+                                         "--exit-with-parent"], name, files.root / "participant.log",
+                         "simulated participant")
+    env = dict(os.environ)
+    if offscreen:
+        env["QT_QPA_PLATFORM"] = "offscreen"
+    seed = int.from_bytes(os.urandom(4), "little") >> 1
+    presenter = _start("main", ["present", "--images", str(files.data), "--set", "test", "--markers", markers,
+                                "--windowed", "--image-size", "300", "--pause", "0.5",
+                                "--repetitions", str(DEMO_REPETITIONS), "--seed", str(seed),
+                                "--log", str(files.root / "presentation.json"), "--exit-with-parent"],
+                       name, files.root / "presenter.log", "presenter", env=env)
+    return DemoLoop(presenter, participant, name)

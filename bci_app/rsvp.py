@@ -168,13 +168,16 @@ class RsvpRun:
 class MarkerSender:
     """An LSL marker outlet for the presenter: ``int32`` codes (the THINGS image numbers,
     gallery ids; catch 99999) or, with ``labels``, ``concept/file`` strings (``catch``).
-    Each marker is stamped with the flip time it is given."""
+    Each marker is stamped with the flip time it is given.  ``image_set`` (``'test'`` or
+    ``'training'``), when the images are a data folder's, is announced in the stream's
+    description: the part of the data set the numbers count in."""
 
-    def __init__(self, name: str, *, labels: bool = False, source_id: str | None = None):
+    def __init__(self, name: str, *, labels: bool = False, source_id: str | None = None, image_set: str | None = None):
         from mne_lsl.lsl import StreamOutlet
 
         self.name, self.labels = name, labels
-        self.outlet = StreamOutlet(marker_stream_info(name, source_id or f"{name}-presenter", strings=labels))
+        self.outlet = StreamOutlet(marker_stream_info(name, source_id or f"{name}-presenter", strings=labels,
+                                                      image_set=image_set))
 
     def __call__(self, trial: Trial, flip_time: float) -> None:
         value = trial.label if self.labels else trial.code

@@ -513,13 +513,18 @@ class _Markers:
         pass
 
 
-def marker_stream_info(name: str, source_id: str, *, strings: bool):
+def marker_stream_info(name: str, source_id: str, *, strings: bool, image_set: str | None = None):
     """The description of a marker outlet this project sends (``bci-replay``, the
-    presenter): one channel ``marker``, irregular rate, ``int32`` codes or strings."""
+    presenter): one channel ``marker``, irregular rate, ``int32`` codes or strings.
+    ``image_set`` (``'test'`` or ``'training'``): the image part the numeric codes count
+    in, announced as an ``image_set`` entry of the description (``bci-replay --simulate``
+    reads it)."""
     from mne_lsl.lsl import StreamInfo
 
     info = StreamInfo(name, "Markers", 1, 0.0, "string" if strings else "int32", source_id)
     info.set_channel_names(["marker"])
+    if image_set is not None:
+        info.desc.append_child_value("image_set", str(image_set))
     return info
 
 

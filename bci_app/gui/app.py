@@ -113,19 +113,24 @@ def _route_qt_messages() -> None:
 def _start_demo(window, args, state) -> None:
     """Prepare the demo data and bundle on a worker thread (progress in the status bar),
     start the replay process, then load the bundle and connect."""
-    from ..demo import prepare_demo, start_replay
+    from ..demo import prepare_demo, start_closed_loop, start_replay
 
     window.note("demo: preparing the synthetic data and the demo bundle (a few minutes the first time)")
 
     def ready(files):
-        replay = start_replay(files)
+        if args.demo == "replay":
+            replay = start_replay(files)
+            window.note(f"demo: replaying {files.session} as {replay.name!r} (bci-replay, looping)")
+        else:
+            replay = start_closed_loop(files)
+            window.note(f"demo: the presenter shows the test images to a simulated participant (subject 1), "
+                        f"streaming as {replay.name!r}")
         state["replay"] = replay
-        window.note(f"demo: replaying {files.session} as {replay.name!r} (bci-replay, looping)")
         window.streams.eeg.setCurrentText(replay.name)
 
         def connect():
             if not replay.running:
-                window.show_error(f"demo: the replay process ended: {replay.error_text() or 'no output'}")
+                window.show_error(f"demo: {replay.ended_text()}")
                 return
             window.connect_stream(replay.name, f"{replay.name}-markers", timeout=max(args.timeout, 30.0),
                                   source_id=f"{replay.name}-src")

@@ -568,7 +568,7 @@ def run_presenter(args) -> int:
     from ..stimuli import limit_duration, load_stimuli, make_sequences
     from .app import _route_qt_messages
 
-    stimuli = load_stimuli(args.images, "training" if args.set == "train" else "test")
+    stimuli = load_stimuli(args.images, "training" if args.set == "train" else "test")  # checks the source
     catch = None
     if args.catch:
         path = Path(args.catch)
@@ -595,7 +595,9 @@ def run_presenter(args) -> int:
         if len(sequences) < before:
             print(f"bci-app present: --duration {args.duration:g} min: showing the first {len(sequences)} of {before} "
                   "sequences", file=sys.stderr)
-    sender = MarkerSender(args.markers, labels=args.labels)
+    part = "training" if args.set == "train" else "test"
+    data_folder = (Path(args.images) / "image_set").is_dir() and not (Path(args.images) / "bundle.json").is_file()
+    sender = MarkerSender(args.markers, labels=args.labels, image_set=part if data_folder else None)
     presenter = Presenter(sequences, sender, options)
     result = {}
 

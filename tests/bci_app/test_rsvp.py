@@ -127,3 +127,16 @@ def test_the_marker_outlet_sends_codes_or_labels_stamped_with_the_flip_time(stre
         sender.close()
     assert [v for v, _ in got] == [t.label if labels else t.code for t in trials]
     np.testing.assert_allclose([t for _, t in got], flips, atol=1e-9)
+
+
+def test_the_marker_stream_announces_the_image_set_its_numbers_count_in(stream_name):
+    from mne_lsl.lsl import StreamInlet, resolve_streams
+
+    sender = MarkerSender(stream_name, image_set="training")
+    try:
+        inlet = StreamInlet(resolve_streams(timeout=5.0, name=stream_name)[0])
+        inlet.open_stream(timeout=5.0)
+        assert inlet.get_sinfo(timeout=5.0).desc.child_value("image_set") == "training"
+        inlet.close_stream()
+    finally:
+        sender.close()

@@ -15,8 +15,10 @@ Layout written under ``OUT``::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,13 +37,14 @@ from ..data.things_eeg2 import (
     write_raw_array,
 )
 from ..data.things_meg import MEG_CATCH_CODE
-from ..errors import UsageError
+from ..errors import DataFormatError, MissingFileError, UsageError
 from ..montage import THINGS_EEG2_CHANNELS
 from ..preprocessing import NAMED_SPECS
-from .brain import UV, BrainModel, make_noise
+from .brain import UV, BrainModel, SubjectBrain, make_noise
 from .images import image_statistics, make_concept_names, make_concept_styles, render_image
 
-__all__ = ["PRESETS", "SynthConfig", "generate", "MEG_CATCH_CODE"]
+__all__ = ["NEW_PERSON_BASE", "PRESETS", "ImageFeatures", "SynthConfig", "check_rendered_images", "eeg_brain_model",
+           "frontal_weights", "generate", "image_features", "MEG_CATCH_CODE", "read_synth_config", "subject_brain"]
 
 logger = logging.getLogger("trainer")
 
@@ -89,6 +92,223 @@ PRESETS: dict[str, SynthConfig] = {
 def _standardise(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     mean, std = ref.mean(axis=0), ref.std(axis=0)
     return (x - mean) / np.where(std > 1e-8, std, 1.0)
+
+
+# -- the images and what the brain sees in them ----------------------------------------
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """The images of a synthetic set as its brain sees them.
+
+    Attributes
+    ----------
+    metadata : dict of str to list of str
+        What ``image_metadata.npy`` holds (concept folders, file names, THINGS concepts).
+    low, attr : dict of str to array
+        Per partition (``'training'``, ``'test'``), in the order the EEG data uses: the
+        low-level pixel statistics of each rendered image (n, n_low) and its concept's
+        attributes (n, n_attr), both standardised against the training images.
+    """
+
+    metadata: dict[str, list[str]]
+    low: dict[str, np.ndarray]
+    attr: dict[str, np.ndarray]
+
+    @property
+    def n_low(self) -> int:
+        return self.low["training"].shape[1]
+
+    @property
+    def n_attr(self) -> int:
+        return self.attr["training"].shape[1]
+
+    def labels(self, part: str) -> list[str]:
+        """``concept_folder/file`` of each image of ``part`` (``'training'`` or ``'test'``)."""
+        prefix = "train" if part == "training" else "test"
+        return [f"{c}/{f}" for c, f in zip(self.metadata[f"{prefix}_img_concepts"], self.metadata[f"{prefix}_img_files"])]
+
+
+def image_features(cfg: SynthConfig, *, on_image: Callable[[str, int, str, str, np.ndarray], None] | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> ImageFeatures:
+    """The concepts, images and image features of the synthetic set made with ``cfg``
+    (its seed is ``cfg.seed``): what :func:`generate` writes and what its brain responds
+    to.  Rendering again from the seed gives the same images, so a simulated participant
+    (:mod:`trainer.synth.live`) responds to a set's images exactly as its recordings do.
+
+    ``on_image(part, index, concept_folder, file_name, pixels)`` is called for each image
+    as it is rendered (``generate`` writes the JPEG there); ``progress('images', done,
+    total)`` after each concept.  Rendering takes 1-8 ms per image (64-128 pixels)."""
+    step = progress or (lambda *_: None)
+    seed = cfg.seed
+    rng = np.random.default_rng([seed, 1])
+    n_con = cfg.n_train_concepts + cfg.n_test_concepts
+    names = make_concept_names(n_con, rng)
+    styles = make_concept_styles(n_con, rng)
+    perm = rng.permutation(n_con)
+    test_ids = sorted(perm[: cfg.n_test_concepts], key=lambda i: names[i])
+    train_ids = sorted(perm[cfg.n_test_concepts :], key=lambda i: names[i])
+    things_number = {i: k + 1 for k, i in enumerate(sorted(range(n_con), key=lambda i: names[i]))}
+
+    meta: dict[str, list[str]] = {k: [] for k in (
+        "train_img_concepts", "train_img_files", "train_img_concepts_THINGS",
+        "test_img_concepts", "test_img_files", "test_img_concepts_THINGS")}
+    feats: dict[str, list] = {"training": [], "test": []}
+    attrs: dict[str, list] = {"training": [], "test": []}
+    letters = "abcdefghijklmnopqrtuvwxyz"  # no "s": THINGS ends test image names with it
+    total = cfg.n_train_images + cfg.n_test_concepts
+    done = 0
+    for part, ids, per in (("training", train_ids, cfg.images_per_concept), ("test", test_ids, 1)):
+        prefix = "train" if part == "training" else "test"
+        for k, cid in enumerate(ids):
+            folder = f"{k + 1:05d}_{names[cid]}"
+            img_rng = np.random.default_rng([seed, 2, cid])
+            numbers = img_rng.choice(np.arange(1, 16), size=per, replace=False)
+            for j in range(per):
+                img = render_image(styles[cid], img_rng, size=cfg.image_size)
+                tag = "s" if part == "test" else letters[int(img_rng.integers(0, len(letters)))]
+                fname = f"{names[cid]}_{int(numbers[j]):02d}{tag}.jpg"
+                if on_image is not None:
+                    on_image(part, len(feats[part]), folder, fname, img)
+                meta[f"{prefix}_img_concepts"].append(folder)
+                meta[f"{prefix}_img_files"].append(fname)
+                meta[f"{prefix}_img_concepts_THINGS"].append(f"{things_number[cid]:05d}_{names[cid]}")
+                feats[part].append(image_statistics(img))
+                attrs[part].append(styles[cid].attributes())
+                done += 1
+            step("images", done, total)
+    ref_low = np.asarray(feats["training"], dtype=np.float64)
+    ref_attr = np.asarray(attrs["training"], dtype=np.float64)
+    low = {p: _standardise(np.asarray(feats[p], dtype=np.float64), ref_low) for p in feats}
+    att = {p: _standardise(np.asarray(attrs[p], dtype=np.float64), ref_attr) for p in attrs}
+    return ImageFeatures(metadata=meta, low=low, attr=att)
+
+
+# -- the brain of a set, and its subjects ---------------------------------------------
+
+#: subject indices of new persons start here (see :func:`subject_brain`)
+NEW_PERSON_BASE = 2**32
+
+
+def eeg_brain_model(cfg: SynthConfig, n_low: int, n_attr: int) -> BrainModel:
+    """The EEG brain model of the set made with ``cfg``: the THINGS 63-channel cap, the
+    core every subject shares (from ``cfg.seed``), amplitude ``cfg.snr`` x 1.5 microvolts."""
+    return BrainModel(THINGS_EEG2_CHANNELS, n_low, n_attr, seed=cfg.seed, sfreq=cfg.sfreq, amplitude=cfg.snr * 1.5 * UV)
+
+
+def frontal_weights(xyz: np.ndarray) -> np.ndarray:
+    """How much of a blink each sensor sees: 0 on the back 70 % of the head, rising to 1
+    at the front."""
+    y = xyz[:, 1]
+    return np.clip((y - np.quantile(y, 0.7)) / np.ptp(y) * 4, 0, 1)
+
+
+def subject_brain(model: BrainModel, cfg: SynthConfig, subject: int, *, person: int | None = None) -> SubjectBrain:
+    """Subject ``subject`` (1-based) of the set made with ``cfg``, or with ``person`` (an
+    integer >= 0) a *new person*, who is in no data set.
+
+    A subject's individual part is drawn from the random key ``(cfg.seed, 11, index)``
+    (:meth:`BrainModel.subject`); a set's subjects have ``index = subject``, a new person
+    ``index = subject + (person + 1) * 2**32``.  numpy's seed sequence spreads an integer
+    of 2**32 or more over several 32-bit words, so a new person's key has a non-zero word
+    that no subject's key has (a set would need 2**32 subjects to reach it): new persons
+    never coincide with a subject of any set, nor with each other, and all of them share
+    the set's core (they are people of the same population)."""
+    check_type(subject, int, "subject")
+    if not 1 <= subject < NEW_PERSON_BASE:
+        raise UsageError(f"subject must be a number from 1, got {subject}")
+    if person is None:
+        if subject > cfg.subjects:
+            raise UsageError(f"subject must be 1..{cfg.subjects} (the set's subjects), got {subject}")
+        return model.subject(subject, seed=cfg.seed)
+    check_type(person, int, "person")
+    if person < 0:
+        raise UsageError(f"person (a new person's seed) must be >= 0, got {person}")
+    return model.subject(subject + (person + 1) * NEW_PERSON_BASE, seed=cfg.seed)
+
+
+# -- reading a set back -----------------------------------------------------------------
+
+def read_synth_config(root: str | Path) -> SynthConfig:
+    """The :class:`SynthConfig` a synthetic set under ``root`` was made with (from its
+    ``synth.json``); a :class:`~trainer.errors.DataFormatError` when ``root`` is not such
+    a set."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFileError(f"data folder {root} not found")
+    path = root / "synth.json"
+    if not path.is_file():
+        raise DataFormatError(root, None, "not a synthetic data set made by 'bci-train synth' (no synth.json)")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataFormatError(path, None, f"not readable JSON ({err})") from None
+    if not isinstance(summary, dict) or summary.get("generator") != "trainer.synth":
+        found = summary.get("generator") if isinstance(summary, dict) else None
+        raise DataFormatError(path, "generator", f"not a set made by 'bci-train synth' (generator {found!r}, "
+                                                 "expected 'trainer.synth')")
+    config = summary.get("config")
+    if not isinstance(config, dict):
+        raise DataFormatError(path, "config", "missing, or not an object")
+    fields = {f.name: f for f in dataclasses.fields(SynthConfig)}
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+        raise DataFormatError(path, "config", f"unknown keys {unknown}: made by another version of trainer.synth")
+    for name, f in fields.items():
+        if name not in config:
+            if f.default is dataclasses.MISSING:
+                raise DataFormatError(path, f"config.{name}", "missing")
+            continue
+        value, kind = config[name], int if f.type == "int" else float
+        ok = isinstance(value, int) if kind is int else isinstance(value, (int, float)) and math.isfinite(value)
+        if isinstance(value, bool) or not ok or value < 0:
+            raise DataFormatError(path, f"config.{name}", f"expected a non-negative {kind.__name__}, got {value!r}")
+    return SynthConfig(**{k: (float(v) if fields[k].type == "float" else v) for k, v in config.items()})
+
+
+def check_rendered_images(root: str | Path, features: ImageFeatures, rendered: dict[tuple[str, int], np.ndarray],
+                          *, tolerance: float = 2.0) -> None:
+    """Check that a set's images are those :func:`image_features` renders again: its
+    ``image_metadata.npy`` lists the same files, and each image in ``rendered``
+    (``(part, index) -> pixels``) matches its JPEG within ``tolerance``: the mean absolute
+    difference in 0..255 levels, both blurred (Gaussian, 2.5 pixels) since JPEG drops the
+    pixel noise.  Measured on every image of the ``tiny`` set: an image's JPEG differs from
+    its rendering by at most 1.2, from other images of the set by 2.5 or more (by 5.5 or
+    more for 99 % of them).  Raises a
+    :class:`~trainer.errors.DataFormatError` naming the first mismatch."""
+    from PIL import Image
+    from scipy import ndimage
+
+    from ..data.images import read_image_metadata
+
+    image_root = Path(root) / "image_set"
+    meta_path = image_root / "image_metadata.npy"
+    written = read_image_metadata(meta_path)
+    again = "made by another version of trainer.synth (or changed since): regenerate it with 'bci-train synth'"
+    for key, values in features.metadata.items():
+        have = [str(v) for v in written[key]]
+        if have != values:
+            where = next((i for i, (a, b) in enumerate(zip(have, values)) if a != b), min(len(have), len(values)))
+            got = have[where] if where < len(have) else "nothing"
+            want = values[where] if where < len(values) else "nothing"
+            raise DataFormatError(meta_path, key, f"entry {where} is {got!r}, the generator renders {want!r} there: "
+                                                  f"{again}")
+    for (part, i), pixels in rendered.items():
+        prefix = "train" if part == "training" else "test"
+        path = image_root / f"{part}_images" / features.metadata[f"{prefix}_img_concepts"][i] / \
+            features.metadata[f"{prefix}_img_files"][i]
+        try:
+            with Image.open(path) as im:
+                stored = np.asarray(im.convert("RGB"), dtype=np.float64)
+        except OSError as err:
+            raise DataFormatError(path, None, f"cannot be read ({err})") from None
+        if stored.shape != pixels.shape:
+            raise DataFormatError(path, None, f"is {stored.shape[1]}x{stored.shape[0]} pixels, the generator renders "
+                                              f"{pixels.shape[1]}x{pixels.shape[0]}: {again}")
+        diff = float(np.abs(ndimage.gaussian_filter(stored, (2.5, 2.5, 0))
+                            - ndimage.gaussian_filter(pixels.astype(np.float64), (2.5, 2.5, 0))).mean())
+        if diff > tolerance:
+            raise DataFormatError(path, None, f"differs from the image the generator renders (mean difference "
+                                              f"{diff:.1f} of 255 levels): {again}")
 
 
 def _schedule(codes: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
@@ -170,61 +390,27 @@ def generate(
     step = progress or (lambda *_: None)
 
     # -- concepts and images ----------------------------------------------------------
-    rng = np.random.default_rng([seed, 1])
-    n_con = cfg.n_train_concepts + cfg.n_test_concepts
-    names = make_concept_names(n_con, rng)
-    styles = make_concept_styles(n_con, rng)
-    perm = rng.permutation(n_con)
-    test_ids = sorted(perm[: cfg.n_test_concepts], key=lambda i: names[i])
-    train_ids = sorted(perm[cfg.n_test_concepts :], key=lambda i: names[i])
-    things_number = {i: k + 1 for k, i in enumerate(sorted(range(n_con), key=lambda i: names[i]))}
-
     img_root = out / "image_set"
-    meta: dict[str, list[str]] = {k: [] for k in (
-        "train_img_concepts", "train_img_files", "train_img_concepts_THINGS",
-        "test_img_concepts", "test_img_files", "test_img_concepts_THINGS")}
-    feats: dict[str, list] = {"training": [], "test": []}
-    attrs: dict[str, list] = {"training": [], "test": []}
     from PIL import Image
 
-    letters = "abcdefghijklmnopqrtuvwxyz"  # no "s": THINGS ends test image names with it
-    total = cfg.n_train_images + cfg.n_test_concepts
-    done = 0
-    for part, ids, per in (("training", train_ids, cfg.images_per_concept), ("test", test_ids, 1)):
-        prefix = "train" if part == "training" else "test"
-        for k, cid in enumerate(ids):
-            folder = f"{k + 1:05d}_{names[cid]}"
-            (img_root / f"{part}_images" / folder).mkdir(parents=True, exist_ok=True)
-            img_rng = np.random.default_rng([seed, 2, cid])
-            numbers = img_rng.choice(np.arange(1, 16), size=per, replace=False)
-            for j in range(per):
-                img = render_image(styles[cid], img_rng, size=cfg.image_size)
-                tag = "s" if part == "test" else letters[int(img_rng.integers(0, len(letters)))]
-                fname = f"{names[cid]}_{int(numbers[j]):02d}{tag}.jpg"
-                Image.fromarray(img).save(img_root / f"{part}_images" / folder / fname, quality=92)
-                meta[f"{prefix}_img_concepts"].append(folder)
-                meta[f"{prefix}_img_files"].append(fname)
-                meta[f"{prefix}_img_concepts_THINGS"].append(f"{things_number[cid]:05d}_{names[cid]}")
-                feats[part].append(image_statistics(img))
-                attrs[part].append(styles[cid].attributes())
-                done += 1
-            step("images", done, total)
-    write_image_metadata(img_root / "image_metadata.npy", meta)
-    ref_low = np.asarray(feats["training"], dtype=np.float64)
-    ref_attr = np.asarray(attrs["training"], dtype=np.float64)
-    low = {p: _standardise(np.asarray(feats[p], dtype=np.float64), ref_low) for p in feats}
-    att = {p: _standardise(np.asarray(attrs[p], dtype=np.float64), ref_attr) for p in attrs}
+    def save(part: str, index: int, folder: str, fname: str, img: np.ndarray) -> None:
+        path = img_root / f"{part}_images" / folder
+        path.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path / fname, quality=92)
+
+    images = image_features(cfg, on_image=save, progress=step)
+    write_image_metadata(img_root / "image_metadata.npy", images.metadata)
+    low, att = images.low, images.attr
 
     # -- brains and recordings --------------------------------------------------------
-    model = BrainModel(THINGS_EEG2_CHANNELS, ref_low.shape[1], ref_attr.shape[1], seed=seed,
-                       sfreq=cfg.sfreq, amplitude=cfg.snr * 1.5 * UV)
-    frontal = np.clip((model.xyz[:, 1] - np.quantile(model.xyz[:, 1], 0.7)) / np.ptp(model.xyz[:, 1]) * 4, 0, 1)
+    model = eeg_brain_model(cfg, images.n_low, images.n_attr)
+    frontal = frontal_weights(model.xyz)
     n_train = cfg.n_train_images
     halves = np.arange(n_train) % 2 if cfg.n_sessions > 1 else np.zeros(n_train, dtype=int)
     reps_train = 2 if cfg.n_sessions > 1 else 1
     specs = {v: NAMED_SPECS[v].resolve(THINGS_EEG2_CHANNELS) for v in variants}
     for sub in range(1, cfg.subjects + 1):
-        brain = model.subject(sub, seed=seed)
+        brain = subject_brain(model, cfg, sub)
         amps = {p: brain.source_amplitudes(low[p], att[p]) for p in low}
         epochs: dict[tuple[str, str], list] = {(v, p): [] for v in variants for p in ("training", "test")}
         for ses in range(1, cfg.n_sessions + 1):
@@ -253,7 +439,7 @@ def generate(
                 del trials
             step(f"sub-{sub:02d} preprocessed ({v})", 1, 1)
         if meg:
-            _write_meg(out, sub, cfg, low, att, seed, meta)
+            _write_meg(out, sub, cfg, low, att, seed, images.metadata)
             step(f"sub-{sub:02d} MEG", 1, 1)
 
     summary = {
