@@ -153,7 +153,7 @@ class _MarkerInlet:
     corrected, that also reads the stream's description (its ``image_set``).
 
     Not mne-lsl's event stream (:class:`~bci_app.streams.NumericMarkers`), which polls every
-    millisecond: that cost 70 % of a core more here.  One inlet only, subscribed as late as
+    millisecond: that alone took 20 % of a core here.  One inlet only, subscribed as late as
     possible: a presenter may start as soon as it sees a consumer, so the first clock
     correction (0.6 s) comes before the subscription, and the subscription is the first
     pull, not ``open_stream`` (mne-lsl sleeps 0.5 s after it): markers are read from a few
