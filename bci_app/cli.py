@@ -147,15 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_limits(args: argparse.Namespace, *, counts=(), positive=(), non_negative=()) -> None:
+    """Options given (not None) must be >= 1 (``counts``), > 0 or >= 0; else a UsageError
+    naming the option."""
+    for names, ok, rule in ((counts, lambda v: v >= 1, ">= 1"), (positive, lambda v: v > 0, "> 0"),
+                            (non_negative, lambda v: v >= 0, ">= 0")):
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and not ok(value):
+                raise UsageError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("max_epochs", "top_k", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("duration", "idle_exit", "timeout"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    _check_limits(args, counts=("max_epochs", "top_k", "threads"), positive=("duration", "idle_exit", "timeout"))
     if args.demo and (args.bundle or args.stream):
         raise UsageError("--demo makes its own bundle and stream; leave out --bundle and --stream")
     if args.screenshot and args.headless:
@@ -285,18 +289,8 @@ def _window_entry():
 
 
 def _cmd_present(args: argparse.Namespace) -> int:
-    for name in ("repetitions", "sequence_length", "image_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("refresh", "duration", "on_ms"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-    for name in ("pause", "off_ms"):
-        value = getattr(args, name)
-        if value is not None and not value >= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    _check_limits(args, counts=("repetitions", "sequence_length", "image_size"),
+                  positive=("refresh", "duration", "on_ms"), non_negative=("pause", "off_ms"))
     if not 0.0 <= args.catch_rate <= 1.0:
         raise UsageError(f"--catch-rate must lie in 0..1, got {args.catch_rate}")
     from .display import require_window_support
