@@ -230,9 +230,6 @@ class DemoProcess:
                 self.process.wait()
 
 
-DemoReplay = DemoProcess  # the name of earlier versions
-
-
 def _start(code: str, args: list[str], name: str, log_path: Path, what: str, env: dict | None = None) -> DemoProcess:
     log = open(log_path, "w")
     cmd = [sys.executable, "-c", f"import sys; from bci_app.cli import {code}; sys.exit({code}())", *args]
