@@ -318,6 +318,7 @@ class Presenter(QObject):
         self.window = None
         self.controls: PresenterControls | None = None
         self.receiver_seen = False
+        self._retired = None  # the vsync window replaced by the timer's (see _measured)
         self.error: str | None = None  # what stopped the run, when something did
         self._probe: list[float] = []
         self._pauses: list[float] = []
@@ -515,7 +516,11 @@ class Presenter(QObject):
         self._begin_run(self.nominal_hz)
         self.window = _RasterStimulusWindow(self)
         self._show_window()
-        old.close()  # no longer self.window: closing it does not end the run
+        # this runs inside the old window's frameSwapped signal: keep it alive and close it
+        # once that returns (deleting a window inside its own signal crashes); no longer
+        # self.window, so closing it does not end the run
+        self._retired = old
+        QTimer.singleShot(0, old.close)
         self._next_tick = self.clock()
         self._timer.start(0)
 
