@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-__all__ = ["run_window"]
+__all__ = ["route_qt_messages", "run_window"]
 
 logger = logging.getLogger("bci_app")
 
@@ -20,7 +20,7 @@ def run_window(args) -> int:
 
     from .window import MainWindow
 
-    _route_qt_messages()
+    route_qt_messages()
     app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setApplicationName("bci-app")
     app.setOrganizationName("shallow-bci")
@@ -98,7 +98,7 @@ def run_window(args) -> int:
     return state["code"]
 
 
-def _route_qt_messages() -> None:
+def route_qt_messages() -> None:
     """Qt's own warnings go to the log (debug level) instead of stderr: the offscreen
     platform, for one, warns on every resize."""
     from PySide6.QtCore import QtMsgType, qInstallMessageHandler

@@ -571,7 +571,7 @@ def run_presenter(args) -> int:
 
     from ..rsvp import MarkerSender
     from ..stimuli import limit_duration, load_stimuli, make_sequences
-    from .app import _route_qt_messages
+    from .app import route_qt_messages
 
     stimuli = load_stimuli(args.images, "training" if args.set == "train" else "test")  # checks the source
     catch = None
@@ -589,7 +589,7 @@ def run_presenter(args) -> int:
                                off_s=args.off_ms / 1000, auto_pause=args.pause, photodiode=args.photodiode,
                                image_px=args.image_size, screen=args.screen, fullscreen=not args.windowed,
                                require_receiver=not args.no_receiver_check)
-    _route_qt_messages()
+    route_qt_messages()
     app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setApplicationName("bci-app present")
     if args.duration is not None:
