@@ -34,6 +34,18 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle(tiny_dataset, tmp_path_factory):
+    """A bundle fitted on subject 1 of the tiny set (random resnet10t, a few epochs)."""
+    from trainer.fit import FitConfig, fit
+
+    root = tmp_path_factory.mktemp("bundle")
+    fit(FitConfig(data=str(tiny_dataset), subject=1, out=str(root / "run"), backbone="resnet10t", weights="random",
+                  layers="1", epochs=3, batch_size=128, proj_dim=32, embed_dim=64, cache=str(root / "cache"),
+                  device="cpu"))
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
 def tiny_meg_dataset(tmp_path_factory):
     """A one-subject set smaller than tiny, with its THINGS-MEG-like -epo.fif."""
     from trainer.synth import SynthConfig, generate

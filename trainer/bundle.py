@@ -38,7 +38,7 @@ from .files import atomic_path, atomic_write_text, sha256_file
 from .preprocessing import PreprocessingSpec
 
 __all__ = ["BUNDLE_FORMAT", "ID_RANGE", "TEMPERATURE_RANGE", "Bundle", "GalleryItem", "load_bundle", "retarget_bundle",
-           "save_bundle"]
+           "save_bundle", "write_derived_bundle"]
 
 logger = logging.getLogger("trainer")
 
@@ -637,4 +637,41 @@ def retarget_bundle(
     config = {k: v for k, v in bundle.config.items() if k != "files"}
     config["provenance"] = dict(config.get("provenance", {}), retargeted_from=str(bundle.path), gallery_images=len(paths))
     _write_config(out, config, ["encoder.safetensors", *written])
+    return out
+
+
+def write_derived_bundle(bundle: Bundle, out: str | Path, *, brain: torch.nn.Module, provenance: dict,
+                         metrics: dict) -> Path:
+    """Write ``bundle`` to ``out`` with another brain side (same architecture), its
+    ``provenance`` and ``metrics`` replaced: the image projector, the gallery and the
+    thumbnails are copied byte for byte (each checked against the SHA-256 the bundle
+    records), so the gallery embeddings stay exactly the bundle's."""
+    from safetensors.torch import save_file
+
+    from .files import atomic_write_bytes
+
+    out = Path(out).expanduser()
+    if out.resolve() == bundle.path.resolve():
+        raise UsageError(f"out must be a new folder, not the bundle itself ({out})")
+    expected = bundle.brain.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in brain.state_dict().items()}
+    _check_weights(state, expected, out / "encoder.safetensors", "brain.")
+    files = _Files(bundle.path, bundle.path / "bundle.json", bundle.config.get("files"))
+    gallery = ["gallery.safetensors", "gallery.json"] + [it.thumbnail for it in bundle.items if it.thumbnail]
+    out.mkdir(parents=True, exist_ok=True)
+    thumbs = out / THUMBNAIL_DIR
+    if thumbs.is_symlink() or thumbs.is_file():
+        thumbs.unlink()
+    elif thumbs.exists():
+        shutil.rmtree(thumbs)
+    for rel in gallery:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / rel, files.read(rel))
+    tensors = {f"brain.{k}": v for k, v in state.items()}
+    tensors.update({f"image_projector.{k}": v.detach().cpu().contiguous() for k, v in bundle.image_projector_state.items()})
+    with atomic_path(out / "encoder.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    config = {k: v for k, v in bundle.config.items() if k != "files"}
+    config.update(provenance=dict(provenance), metrics=dict(metrics))
+    _write_config(out, config, ["encoder.safetensors", *gallery])
     return out

@@ -1,5 +1,5 @@
 """``bci-train``: the offline command line: synthetic data sets, data inspection, training
-(fit, sweep, pretrain), evaluation and re-targeting of model bundles."""
+(fit, sweep, pretrain), evaluation, re-targeting and calibration (adapt) of model bundles."""
 
 from __future__ import annotations
 
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="where to load the backbone weights from (default: as recorded)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
+    _add_adapt_parser(sub)
     p = sub.add_parser("info", help="show what a THINGS-EEG2 folder (real or synthetic) contains",
                        description="List subjects, raw sessions, preprocessed files, images and MEG files of a data folder.")
     p.add_argument("data", type=Path, help="data folder")
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _FIT_HELP = {
     "data": "data folder (THINGS-EEG2 layout, real or synthetic; a THINGS-MEG folder with --source meg)",
-    "subject": "subject number (tested on; also trained on unless --inter)",
+    "subject": "subject number (tested on; also trained on unless --inter or --train-subjects)",
     "out": "run folder: the bundle, metrics.json and config.json go here (checkpoints go to the cache while it "
            "trains). Run the same command again to resume an interrupted run; on a finished run with the same "
            "settings it only prints the metrics; a folder holding a run of other settings is refused (see --overwrite)",
@@ -131,6 +132,8 @@ _FIT_HELP = {
     "seed": "random seed",
     "device": "auto, cpu, cuda or cuda:N",
     "inter": "leave-one-subject-out: train on all other subjects, test on --subject",
+    "train_subjects": "train on these subjects instead: 'all' (the base bundle for new people: see bci-train adapt) or "
+                      "comma-separated numbers; tested on --subject",
     "val_fraction": "share of training concepts held out for validation",
     "image_batch_size": "batch size of the backbone feature pass",
     "cache": "cache folder for features, epochs and the checkpoints of unfinished runs "
@@ -190,6 +193,76 @@ def _config_values(args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> d
         if value is not None:
             values[f.name] = str(value) if isinstance(value, Path) else value
     return values
+
+
+def _add_adapt_parser(sub) -> None:
+    from .adapt import ADAPT_PARTS, MIN_FIT_TRIALS, MIN_VAL_CONCEPTS
+
+    p = sub.add_parser(
+        "adapt", help="calibrate a bundle to a new person from recorded calibration blocks",
+        description="Fine-tune a bundle's brain side on 'bci-app --record' recordings made while the presenter showed "
+                    "training-concept images to the person: epochs cut with the bundle's own preprocessing, targets "
+                    "from its own backbone, layer and image projector, the same loss; the epoch is chosen on "
+                    "held-out calibration concepts (never the test images), and the gallery is the bundle's. "
+                    "Markers naming test images are skipped unread. Adapting an adapted bundle continues from it "
+                    "with its recordings and the new ones. See docs/calibration.md.",
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle to start from (an inter-subject one, or an adapted one)")
+    p.add_argument("--recording", type=Path, nargs="+", required=True,
+                   help="calibration recordings: bci-app --record folders (or MNE-readable files with marker annotations)")
+    p.add_argument("--images", type=Path, required=True,
+                   help="the images the markers name: the data folder the presenter showed (THINGS layout) or an image folder")
+    p.add_argument("--out", type=Path, required=True, help="the new bundle folder (new or empty)")
+    p.add_argument("--adapt", choices=ADAPT_PARTS, default="all",
+                   help="what of the brain side to train: all of it, its last layer and projector (head), or the "
+                        "projector (default all)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the brain side from random weights on the same data instead (a comparison)")
+    p.add_argument("--epochs", type=int, default=40, help="at most this many epochs (default 40)")
+    p.add_argument("--patience", type=int, default=10, help="stop after this many epochs without a better validation loss (default 10)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-4; 1e-3 with --from-scratch)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help=f"share of calibration concepts held out for validation, at least {MIN_VAL_CONCEPTS} "
+                        f"(default 0.2); at least {MIN_FIT_TRIALS} trials must remain to fit")
+    p.add_argument("--set", dest="image_set", choices=("train", "test"), default=None,
+                   help="the image part numeric markers count in (default: as the recording says; label markers "
+                        "need none)")
+    p.add_argument("--weights", default=None, help="where to load the backbone weights from (default: as the bundle records)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache folder for image features (default: $SHALLOW_BCI_CACHE or ~/.cache/shallow-bci)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    import json
+
+    from .adapt import adapt_bundle
+    from .progress import ProgressBars
+
+    with ProgressBars() as progress:
+        s = adapt_bundle(args.bundle, args.recording, args.images, args.out, adapt=args.adapt,
+                         from_scratch=args.from_scratch, epochs=args.epochs, patience=args.patience, lr=args.lr,
+                         batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed, device=args.device,
+                         weights=args.weights, image_set=args.image_set, cache=args.cache, overwrite=args.overwrite,
+                         progress=progress)
+    if args.json:
+        print(json.dumps({k: v for k, v in s.items() if k != "history"}, indent=2))
+        return 0
+    how = "from scratch" if s["from_scratch"] else f"adapted ({s['adapt']})"
+    print(f"wrote {args.out}: {how} on {s['n_trials']} trials ({s['n_images']} images, {s['n_concepts']} concepts, "
+          f"{s['minutes']:.1f} min in {len(s['recordings'])} recording(s)) in {s['seconds']:.0f} s")
+    b, a = s["before"], s["after"]
+    print(f"  validation on {s['n_val_concepts']} held-out concepts ({s['n_val']} trials, chance top-1 "
+          f"{s['val_chance_top1']:.3f}):")
+    print(f"    before: top-1 {b['top1']:.3f}  top-5 {b['top5']:.3f}  loss {b['loss']:.3f}")
+    print(f"    after:  top-1 {a['top1']:.3f}  top-5 {a['top5']:.3f}  loss {a['loss']:.3f}  (epoch {s['best_epoch']})")
+    if s["best_epoch"] == 0:
+        print("  no epoch beat the starting model on the held-out concepts: the new bundle keeps its weights")
+    return 0
 
 
 _SWEEP_OWN = ("data", "out", "subject", "backbone", "layer", "layers", "seed")
@@ -355,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     commands = {"synth": _cmd_synth, "info": _cmd_info, "fit": _cmd_fit, "eval": _cmd_eval, "sweep": _cmd_sweep,
-                "pretrain": _cmd_pretrain, "retarget": _cmd_retarget}
+                "pretrain": _cmd_pretrain, "retarget": _cmd_retarget, "adapt": _cmd_adapt}
     return run_command(f"bci-train {args.command}", lambda: commands[args.command](args), verbose=args.verbose)
 
 

@@ -15,7 +15,7 @@ from .errors import DataFormatError, MissingFileError, UsageError
 from .preprocessing import NAMED_SPECS
 
 __all__ = ["FINAL", "POOLINGS", "FitConfig", "default_cache_dir", "layer_key", "layer_list", "layer_of_key", "option_name",
-           "parse_layer"]
+           "parse_layer", "parse_subjects"]
 
 #: the name of a backbone's own final (pooled pre-logits) embedding among its layers
 FINAL = "final"
@@ -68,6 +68,7 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
     inter: bool = False
+    train_subjects: str = ""
     val_fraction: float = 0.1
     image_batch_size: int = 64
     cache: str = ""
@@ -86,6 +87,10 @@ class FitConfig:
         if not self.out:
             raise UsageError("out: give the run folder (--out RUN)")
         check_positive(self.subject, option_name("subject"), integer=True)
+        parse_subjects(self.train_subjects)
+        if self.inter and self.train_subjects:
+            raise UsageError(f"{option_name('inter')} and {option_name('train_subjects')} both say whom to train on: "
+                             "give one of them")
         check_option(self.source, SOURCES, option_name("source"))
         check_option(self.spec, NAMED_SPECS, option_name("spec"))
         check_option(self.pooling, POOLINGS, option_name("pooling"))
@@ -146,6 +151,23 @@ class FitConfig:
 def option_name(field: str) -> str:
     """How an error names a setting for both audiences: ``--batch-size (batch_size)``."""
     return f"--{field.replace('_', '-')} ({field})"
+
+
+def parse_subjects(value: str) -> str | list[int] | None:
+    """``--train-subjects``: '' (None: the tested subject, or the others with --inter),
+    'all', or comma-separated subject numbers."""
+    text = str(value).strip()
+    if not text:
+        return None
+    if text == "all":
+        return "all"
+    try:
+        subjects = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        subjects = []
+    if not subjects or any(s < 1 for s in subjects):
+        raise UsageError(f"{option_name('train_subjects')} must be 'all' or comma-separated subject numbers, got {value!r}")
+    return sorted(set(subjects))
 
 
 def parse_layer(value: str | int) -> str | int:

@@ -137,6 +137,7 @@ def load_fit_data(
     inter: bool = False,
     cache_dir: str | Path | None = None,
     test_repetitions: int | None = None,
+    train_subjects: Sequence[int] | str | None = None,
 ) -> SubjectData:
     """Load what :func:`trainer.fit.fit` needs.
 
@@ -156,6 +157,9 @@ def load_fit_data(
         For raw: a spec or a name from ``NAMED_SPECS``.
     inter : bool
         Leave one subject out: train on every other subject, test on ``subject``.
+    train_subjects : 'all' | list of int | None
+        Whom to train on instead: every subject of the set ('all': the base model for
+        new people, see ``bci-train adapt``), or the subjects listed.
     """
     check_option(source, SOURCES, "--source (source)")
     if isinstance(spec, str):
@@ -179,7 +183,16 @@ def load_fit_data(
             source = "raw" if (root / "raw_data" / f"sub-{subject:02d}").is_dir() else "preprocessed"
     if subject not in subjects:
         raise DataFormatError(root, "subject", f"subject {subject} not found (subjects here: {', '.join(map(str, subjects)) or 'none'})")
-    train_subjects = [s for s in subjects if s != subject] if inter else [subject]
+    if train_subjects == "all":
+        train_subjects = list(subjects)
+    elif train_subjects:
+        absent = [s for s in train_subjects if s not in subjects]
+        if absent:
+            raise DataFormatError(root, "subject", f"--train-subjects: subject(s) {', '.join(map(str, absent))} not found "
+                                                   f"(subjects here: {', '.join(map(str, subjects))})")
+        train_subjects = list(train_subjects)
+    else:
+        train_subjects = [s for s in subjects if s != subject] if inter else [subject]
     if not train_subjects:
         raise DataFormatError(root, "subject", "--inter needs at least one other subject to train on")
 

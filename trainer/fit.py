@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .bundle import save_bundle
-from .config import FitConfig, default_cache_dir, layer_key, layer_list, parse_layer
+from .config import FitConfig, default_cache_dir, layer_key, layer_list, parse_layer, parse_subjects
 from .data.splits import validation_split
 from .datasets import SubjectData, load_fit_data
 from .errors import UsageError
@@ -471,7 +471,7 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     if progress is not None:
         progress("loading the EEG epochs", 0, 1)
     data = load_fit_data(cfg.data, cfg.subject, source=cfg.source, spec=cfg.spec, inter=cfg.inter,
-                         cache_dir=cache / "epochs")
+                         train_subjects=parse_subjects(cfg.train_subjects), cache_dir=cache / "epochs")
     logger.info("data: %d training images (subjects %s), %d test images x %d repetitions, %d channels x %d times (%s)",
                 len(data.train), data.subjects_train, data.test.shape[0], data.test.shape[1], data.train.shape[1],
                 data.train.shape[2], data.source)

@@ -14,18 +14,6 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_dataset, tmp_path_factory):
-    """A bundle fitted on subject 1 of the tiny set (random resnet10t, a few epochs)."""
-    from trainer.fit import FitConfig, fit
-
-    root = tmp_path_factory.mktemp("bundle")
-    fit(FitConfig(data=str(tiny_dataset), subject=1, out=str(root / "run"), backbone="resnet10t", weights="random",
-                  layers="1", epochs=3, batch_size=128, proj_dim=32, embed_dim=64, cache=str(root / "cache"),
-                  device="cpu"))
-    return root / "run"
-
-
-@pytest.fixture(scope="session")
 def lead_session(tiny_dataset):
     """The tiny set's first raw test session (subject 1) with 4 s of its own first samples
     played before it, so the live side has connected before the first marker (epochs are

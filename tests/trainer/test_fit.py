@@ -348,3 +348,24 @@ def test_folded_feature_standardisation_gives_the_same_embeddings():
         got = model.embed_images(feats)
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(model.embed_images(feats), model.embed_images(feats + 1.0))
+
+
+def test_train_subjects_all_trains_on_every_subject(tiny_dataset):
+    """--train-subjects all: the base bundle for new people trains on every subject; a
+    list trains on those; bad values and --inter with it are refused."""
+    from trainer.config import FitConfig, parse_subjects
+    from trainer.datasets import load_fit_data
+
+    assert parse_subjects("") is None and parse_subjects("all") == "all" and parse_subjects("2, 1,2") == [1, 2]
+    for bad in ("0", "one", "1;2", ","):
+        with pytest.raises(UsageError, match=r"--train-subjects \(train_subjects\) must be 'all' or comma-separated"):
+            parse_subjects(bad)
+    with pytest.raises(UsageError, match="--inter .* and --train-subjects .* give one of them"):
+        FitConfig(data="d", out="o", inter=True, train_subjects="all").validate()
+    both = load_fit_data(tiny_dataset, 1, source="preprocessed", train_subjects="all")
+    one = load_fit_data(tiny_dataset, 1, source="preprocessed")
+    assert both.subjects_train == [1, 2] and one.subjects_train == [1]
+    assert len(both.train) == 2 * len(one.train)
+    assert both.test.shape == one.test.shape and both.subject_test == 1  # tested on subject 1 alone
+    with pytest.raises(DataFormatError, match=r"--train-subjects: subject\(s\) 7 not found"):
+        load_fit_data(tiny_dataset, 1, source="preprocessed", train_subjects=[1, 7])
