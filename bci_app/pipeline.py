@@ -155,7 +155,9 @@ class LiveSession:
             raise RuntimeError("start the session before recording")
         recorder = SessionRecorder(folder, self.source.ch_names, self.source.sfreq, info={
             "stream": self.stream_name, "source_id": self.source.source_id, "markers": self.marker_name,
-            "bundle": str(self.bundle.path), "device": str(self.decoder.device)})
+            "bundle": str(self.bundle.path), "device": str(self.decoder.device),
+            # the part numeric markers count in, as the marker stream announces it (bci-train adapt reads it)
+            **({"image_set": self.markers.image_set} if getattr(self.markers, "image_set", None) else {})})
         self.recorder = recorder
         self.record_dir = Path(folder)
         self.feed = RecorderFeed(self.source, recorder, self.source.oldest if from_start else self.source.n_total)

@@ -34,7 +34,8 @@ from trainer.errors import BCIError
 from .timeline import Timeline, ring_positions
 
 __all__ = ["ConnectCancelled", "EEGSource", "NumericMarkers", "StreamChanged", "StreamError", "StreamSummary",
-           "StringMarkers", "list_streams", "marker_rows", "marker_sample", "marker_stream_info", "open_markers", "resolve_one"]
+           "StringMarkers", "announced_image_set", "list_streams", "marker_rows", "marker_sample", "marker_stream_info",
+           "open_markers", "resolve_one"]
 
 logger = logging.getLogger("bci_app")
 
@@ -505,6 +506,7 @@ class _Markers:
     """Common part of the marker subscriptions: ``poll()`` -> list of (lsl_time, value)."""
 
     name: str
+    image_set: str | None = None  # announced by the stream's description (announced_image_set)
 
     def poll(self) -> list[tuple[float, Any]]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -549,6 +551,16 @@ def marker_rows(rows: np.ndarray, ch_names: list[str], one_hot: bool = False) ->
     return [[ch_names[i] for i in np.flatnonzero(row)] for row in rows]
 
 
+def announced_image_set(sinfo) -> str | None:
+    """The ``image_set`` a marker stream's description announces (the part of a data set
+    its numeric codes count in: see :func:`marker_stream_info`), or None."""
+    try:
+        value = sinfo.desc.child_value("image_set").strip()
+    except Exception:  # a description liblsl cannot read: nothing announced
+        return None
+    return value or None
+
+
 class NumericMarkers(_Markers):
     """Numeric markers through an mne-lsl event stream (``StreamLSL`` on an irregular
     numeric stream; every chunk is taken from its acquisition callback).  Single-channel
@@ -568,6 +580,7 @@ class NumericMarkers(_Markers):
             warnings.filterwarnings("ignore", message="Something went wrong while reading the channel description")
             self._stream.connect(processing_flags=("clocksync",), timeout=timeout, acquisition_delay=0.001)
         self.ch_names = list(self._stream.info["ch_names"])
+        self.image_set = announced_image_set(self._stream.sinfo)
         self.one_hot = str(sinfo.stype).lower() == "annotations"
         if self.one_hot:
             logger.info("marker stream %r: an annotation stream of %d channel(s), read as one-hot (the channel that "
@@ -630,6 +643,7 @@ class StringMarkers(_Markers):
         self.name = sinfo.name
         self._inlet = StreamInlet(sinfo, max_buffered=360, processing_flags=("clocksync",))
         self._inlet.open_stream(timeout=timeout)
+        self.image_set = announced_image_set(self._inlet.get_sinfo(timeout=timeout))
         offset = self._inlet.time_correction(timeout=timeout)
         logger.info("marker stream %r (string): clock offset %.2f ms", self.name, 1000 * offset)
         self.connected = True
