@@ -11,7 +11,10 @@ image projector.  Only the brain side is trained (all of it, its last layers, or
 projector), with the loss it was trained with (symmetric InfoNCE at the bundle's
 temperature); the image side and so the gallery stay the bundle's, which is why the
 adapted bundle needs no test image at all.  The best epoch is chosen on held-out
-calibration concepts (never the test images); epoch 0 is the base model itself, so an
+calibration concepts (never the test images), by the mean rank of the shown image among
+them (a ranking measure: the loss also rewards mere changes of confidence, and a base
+model that is sure and wrong about a new person has a high one); epoch 0 is the base
+model itself, so an
 adaptation that does not help keeps the base weights and says so.
 
 What is never read: markers naming a test image (the data set's test part) or an image of
@@ -38,6 +41,7 @@ import numpy as np
 import torch
 
 from ._checks import check_option
+from .config import ADAPT_PARTS
 from .errors import DataFormatError, MissingFileError, UsageError
 
 __all__ = ["ADAPT_PARTS", "CalibrationTrials", "MIN_FIT_TRIALS", "MIN_VAL_CONCEPTS", "ImageCatalogue", "adapt_bundle",
@@ -45,9 +49,6 @@ __all__ = ["ADAPT_PARTS", "CalibrationTrials", "MIN_FIT_TRIALS", "MIN_VAL_CONCEP
 
 logger = logging.getLogger("trainer")
 
-#: what ``--adapt`` may train: every brain weight, the encoder's last layer and the
-#: projector ("head"), or the projector alone
-ADAPT_PARTS = ("all", "head", "projector")
 #: the least data an adaptation accepts: trials of the fitting concepts, and concepts held
 #: out for validation (at 5 images a second, about 40 s of RSVP gives both)
 MIN_FIT_TRIALS = 50
@@ -375,8 +376,51 @@ def calibration_split(concepts: np.ndarray, fraction: float) -> tuple[np.ndarray
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+class _ChannelMixing(torch.nn.Module):
+    """``x -> mixing @ x + offset`` over the channels of (B, C, T) epochs, from the identity:
+    how a new person's (or cap placement's) channels map onto those the model knows."""
+
+    def __init__(self, n_chans: int):
+        super().__init__()
+        self.mixing = torch.nn.Parameter(torch.eye(n_chans))
+        self.offset = torch.nn.Parameter(torch.zeros(n_chans))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ij,bjt->bit", self.mixing, x) + self.offset[:, None]
+
+
+class _Mixed(torch.nn.Module):
+    """The brain side behind a channel mixing (``--adapt input``); :meth:`folded` gives
+    back a plain brain side computing the same."""
+
+    def __init__(self, brain: torch.nn.Module):
+        super().__init__()
+        linear = brain.encoder.input_linear()
+        if linear is None:
+            raise UsageError(f"--adapt input needs an encoder that begins with a linear layer on the flattened epoch "
+                             f"(linear, eegproject); this bundle's is {brain.encoder_config.get('name')!r}: use "
+                             "--adapt all, head or projector")
+        self.brain = brain
+        self.mix = _ChannelMixing(brain.encoder.n_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.brain(self.mix(x))
+
+    def folded(self) -> torch.nn.Module:
+        from .encoders import fold_channel_mixing
+
+        enc = self.brain.encoder
+        fold_channel_mixing(enc.input_linear(), self.mix.mixing.detach(), self.mix.offset.detach(), enc.n_chans,
+                            enc.n_times)
+        return self.brain
+
+
 def _trainable(brain: torch.nn.Module, part: str) -> list[torch.nn.Parameter]:
     """The parameters ``--adapt`` trains (the others are frozen)."""
+    if part == "input":
+        for p in brain.brain.parameters():
+            p.requires_grad_(False)
+        return list(brain.mix.parameters())
     if part == "all":
         chosen = list(brain.parameters())
     else:
@@ -392,7 +436,8 @@ def _trainable(brain: torch.nn.Module, part: str) -> list[torch.nn.Parameter]:
 
 
 def _scores(brain, x: np.ndarray, targets: np.ndarray, gallery: torch.Tensor, scale: float, device) -> dict[str, float]:
-    """Validation retrieval among the validation images: top-1, top-5 and the loss."""
+    """Validation retrieval among the validation images: top-1, top-5, the mean rank of
+    the shown image (0 = first, 1 = last, chance 0.5) and the loss."""
     from .losses import clip_loss
     from .metrics import topk_accuracy
     from .model import embed_epochs
@@ -400,9 +445,11 @@ def _scores(brain, x: np.ndarray, targets: np.ndarray, gallery: torch.Tensor, sc
     emb = embed_epochs(brain, x, device=device)
     sim = emb @ gallery.cpu().numpy().T
     out = topk_accuracy(sim, targets)
+    true = sim[np.arange(len(sim)), targets][:, None]
+    rank = float(((sim > true).sum(axis=1) / max(1, sim.shape[1] - 1)).mean())
     with torch.inference_mode():
         loss = clip_loss(torch.from_numpy(emb), gallery.cpu()[torch.from_numpy(targets)], torch.tensor(math.log(scale)))
-    return {"top1": float(out["top1"]), "top5": float(out["top5"]), "loss": float(loss)}
+    return {"top1": float(out["top1"]), "top5": float(out["top5"]), "rank": rank, "loss": float(loss)}
 
 
 def _image_targets(bundle, images: list[ImageRef], *, weights: str | None, device, cache: Path,
@@ -484,7 +531,7 @@ def adapt_bundle(
         Train a brain side of the same architecture from random weights on the same data
         (for comparison; ``adapt`` is then 'all').
     epochs, patience : int
-        At most ``epochs`` passes; stop after ``patience`` without a better validation loss.
+        At most ``epochs`` passes; stop after ``patience`` without a better validation rank.
     lr : float | None
         AdamW learning rate (default 1e-4 adapting, 1e-3 from scratch).
     val_fraction : float
@@ -495,8 +542,8 @@ def adapt_bundle(
         ``progress(phase, done, total)``; it may raise to cancel (nothing is written then).
 
     Returns the summary also stored in the new bundle's provenance (``adaptation``):
-    trials, concepts and minutes used, validation top-1/top-5/loss before (the starting
-    model) and after, the chosen epoch, the history and seconds.
+    trials, concepts and minutes used, validation top-1/top-5/mean rank/loss before (the
+    starting model) and after, the chosen epoch, the history and seconds.
     """
     from .bundle import load_bundle, write_derived_bundle
     from .config import default_cache_dir
@@ -511,7 +558,7 @@ def adapt_bundle(
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
     if not 0 < val_fraction < 1:
         raise UsageError(f"--val-fraction must be between 0 and 1, got {val_fraction!r}")
-    lr = (1e-3 if from_scratch else 1e-4) if lr is None else float(lr)
+    lr = (1e-3 if from_scratch or adapt == "input" else 1e-4) if lr is None else float(lr)
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"--lr must be a positive number, got {lr!r}")
     bundle = load_bundle(base)
@@ -563,6 +610,8 @@ def adapt_bundle(
     else:
         brain = BrainEmbedder(enc_cfg, bundle.brain.proj_dim)
         brain.load_state_dict(bundle.brain.state_dict())
+    if adapt == "input":
+        brain = _Mixed(brain)
     brain = brain.to(device)
     params = _trainable(brain, adapt)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -597,7 +646,7 @@ def adapt_bundle(
         brain.eval()
         val = _scores(brain, x_val, val_targets, gal_val, scale, device)
         history.append(dict(val, epoch=epoch, train_loss=total / n))
-        if val["loss"] < best["loss"]:
+        if val["rank"] < best["rank"]:
             best = dict(val, epoch=epoch)
             best_state = {k: v.detach().clone() for k, v in brain.state_dict().items()}
             since = 0
@@ -609,6 +658,8 @@ def adapt_bundle(
             break
     brain.load_state_dict(best_state)
     brain = brain.cpu().eval()
+    if adapt == "input":
+        brain = brain.folded()
     if best["epoch"] == 0:
         logger.warning("no epoch of the adaptation did better than the starting model on the held-out concepts: "
                        "the new bundle keeps its weights")
@@ -626,8 +677,8 @@ def adapt_bundle(
         "n_images": len(trials.images),
         "n_concepts": len(set(trials.concepts.tolist())),
         "n_val_concepts": n_val_concepts,
-        "before": {k: before[k] for k in ("top1", "top5", "loss")},
-        "after": {k: best[k] for k in ("top1", "top5", "loss")},
+        "before": {k: before[k] for k in ("top1", "top5", "rank", "loss")},
+        "after": {k: best[k] for k in ("top1", "top5", "rank", "loss")},
         "val_chance_top1": 1.0 / len(val_images),
         "best_epoch": int(best["epoch"]),
         "epochs_run": len(history) - 1,

@@ -214,13 +214,15 @@ def _add_adapt_parser(sub) -> None:
                    help="the images the markers name: the data folder the presenter showed (THINGS layout) or an image folder")
     p.add_argument("--out", type=Path, required=True, help="the new bundle folder (new or empty)")
     p.add_argument("--adapt", choices=ADAPT_PARTS, default="all",
-                   help="what of the brain side to train: all of it, its last layer and projector (head), or the "
-                        "projector (default all)")
+                   help="what of the brain side to train: all of it, its last layer and projector (head), the "
+                        "projector, or only a re-mixing of the input channels (input: linear and eegproject encoders) "
+                        "(default all)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train the brain side from random weights on the same data instead (a comparison)")
     p.add_argument("--epochs", type=int, default=40, help="at most this many epochs (default 40)")
-    p.add_argument("--patience", type=int, default=10, help="stop after this many epochs without a better validation loss (default 10)")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-4; 1e-3 with --from-scratch)")
+    p.add_argument("--patience", type=int, default=10, help="stop after this many epochs without a better validation rank (default 10)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate (default 1e-4; 1e-3 with --from-scratch or --adapt input)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help=f"share of calibration concepts held out for validation, at least {MIN_VAL_CONCEPTS} "
@@ -258,8 +260,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     b, a = s["before"], s["after"]
     print(f"  validation on {s['n_val_concepts']} held-out concepts ({s['n_val']} trials, chance top-1 "
           f"{s['val_chance_top1']:.3f}):")
-    print(f"    before: top-1 {b['top1']:.3f}  top-5 {b['top5']:.3f}  loss {b['loss']:.3f}")
-    print(f"    after:  top-1 {a['top1']:.3f}  top-5 {a['top5']:.3f}  loss {a['loss']:.3f}  (epoch {s['best_epoch']})")
+    print(f"    before: top-1 {b['top1']:.3f}  top-5 {b['top5']:.3f}  mean rank {b['rank']:.3f}  loss {b['loss']:.3f}")
+    print(f"    after:  top-1 {a['top1']:.3f}  top-5 {a['top5']:.3f}  mean rank {a['rank']:.3f}  loss {a['loss']:.3f}  "
+          f"(epoch {s['best_epoch']})")
     if s["best_epoch"] == 0:
         print("  no epoch beat the starting model on the held-out concepts: the new bundle keeps its weights")
     return 0

@@ -14,7 +14,7 @@ from .datasets import SOURCES
 from .errors import DataFormatError, MissingFileError, UsageError
 from .preprocessing import NAMED_SPECS
 
-__all__ = ["FINAL", "POOLINGS", "FitConfig", "default_cache_dir", "layer_key", "layer_list", "layer_of_key", "option_name",
+__all__ = ["ADAPT_PARTS", "FINAL", "POOLINGS", "FitConfig", "default_cache_dir", "layer_key", "layer_list", "layer_of_key", "option_name",
            "parse_layer", "parse_subjects"]
 
 #: the name of a backbone's own final (pooled pre-logits) embedding among its layers
@@ -24,6 +24,11 @@ FINAL = "final"
 #: others (trainer.bundle.TEMPERATURE_RANGE)
 MAX_LOGIT_SCALE = 100.0
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1.0 / MAX_LOGIT_SCALE, MAX_LOGIT_SCALE
+#: what ``bci-train adapt --adapt`` may train (trainer.adapt): every brain weight, the
+#: encoder's last layer and the projector ("head"), the projector alone, or ("input") only
+#: a re-mixing of the input channels (C x C + C numbers, folded into the encoder's first
+#: linear layer)
+ADAPT_PARTS = ("all", "head", "projector", "input")
 #: how a transformer layer's tokens are pooled (a CNN stage's map is averaged: "mean"); see trainer.vision
 POOLINGS = ("mean", "cls", "mean+cls")
 

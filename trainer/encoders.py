@@ -43,6 +43,7 @@ __all__ = [
     "TSConv",
     "create_encoder",
     "encoder_config",
+    "fold_channel_mixing",
     "list_encoders",
     "register_encoder",
 ]
@@ -223,6 +224,25 @@ class EEGEncoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def input_linear(self) -> nn.Linear | None:
+        """The linear layer applied first, to the flattened ``(C·T)`` input (channel-major),
+        when the encoder begins with one; None otherwise.  ``bci-train adapt --adapt input``
+        folds a per-person channel re-mixing into it (:func:`fold_channel_mixing`)."""
+        return None
+
+
+def fold_channel_mixing(linear: nn.Linear, mixing: Tensor, offset: Tensor, n_chans: int, n_times: int) -> None:
+    """Make ``linear`` (on flattened ``(C, T)`` inputs) compute on ``x`` what it computed on
+    ``mixing @ x + offset[:, None]``: ``W'[d, c', t] = sum_c W[d, c, t] mixing[c, c']`` and
+    ``b' = b + sum_{c, t} W[d, c, t] offset[c]``.  In place."""
+    with torch.no_grad():
+        w = linear.weight.view(linear.out_features, n_chans, n_times)
+        bias_shift = torch.einsum("dct,c->d", w, offset.to(w))
+        folded = torch.einsum("dct,ce->det", w, mixing.to(w))
+        linear.weight.copy_(folded.reshape(linear.out_features, n_chans * n_times))
+        if linear.bias is not None:
+            linear.bias.add_(bias_shift)
+
 
 class ResidualProjection(nn.Module):
     """``Linear(in, d)`` → ``x + Dropout(Linear(GELU(x)))`` → ``LayerNorm(d)``.
@@ -271,6 +291,9 @@ class LinearEncoder(EEGEncoder):
     def encode(self, x: Tensor) -> Tensor:
         return self.linear(x.flatten(1))
 
+    def input_linear(self) -> nn.Linear:
+        return self.linear
+
 
 @register_encoder("eegproject")
 class EEGProject(EEGEncoder):
@@ -292,6 +315,9 @@ class EEGProject(EEGEncoder):
 
     def encode(self, x: Tensor) -> Tensor:
         return self.head(x.flatten(1))
+
+    def input_linear(self) -> nn.Linear:
+        return self.head.proj
 
 
 @register_encoder("tsconv")

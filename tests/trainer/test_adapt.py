@@ -82,8 +82,8 @@ def test_adapt_writes_a_bundle_that_loads_with_the_base_gallery(tiny_bundle, tin
     assert s["markers"]["catch"] == len(calibration["markers"]) - calibration["n_train_images"] - calibration["n_test_images"] > 0
     assert s["n_trials"] == calibration["n_train_images"]  # each window lies whole in the recording
     assert s["n_fit"] + s["n_val"] == s["n_trials"] and s["n_val_concepts"] >= 5
-    assert set(s["before"]) == {"top1", "top5", "loss"} and len(s["history"]) == s["epochs_run"] + 1
-    assert s["after"]["loss"] <= s["before"]["loss"]
+    assert set(s["before"]) == {"top1", "top5", "rank", "loss"} and len(s["history"]) == s["epochs_run"] + 1
+    assert s["after"]["rank"] <= s["before"]["rank"] and 0 <= s["after"]["rank"] <= 1
     if s["best_epoch"] > 0:  # the brain changed, the image side did not
         changed = [k for k, v in new.brain.state_dict().items() if not np.array_equal(v.numpy(), base.brain.state_dict()[k].numpy())]
         assert changed
@@ -190,7 +190,7 @@ def test_cli_adapt_from_scratch_and_json(tiny_bundle, tiny_dataset, calibration,
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("part", ["projector", "head"])
+@pytest.mark.parametrize("part", ["projector", "head", "input"])
 def test_adapt_parts_train_only_what_they_name(tiny_bundle, tiny_dataset, calibration, tmp_path, part):
     from trainer.adapt import adapt_bundle
     from trainer.bundle import load_bundle
@@ -205,3 +205,36 @@ def test_adapt_parts_train_only_what_they_name(tiny_bundle, tiny_dataset, calibr
     if part == "head":
         assert any(k.startswith("encoder.") for k in changed) and not all(k.startswith("encoder.") for k in changed)
         assert len(changed) < len(base)
+    if part == "input":  # the mixing is folded into the first linear layer: nothing else changes
+        assert changed == {"encoder.head.proj.weight", "encoder.head.proj.bias"}
+
+
+@pytest.mark.parametrize("name", ["eegproject", "linear"])
+def test_channel_mixing_folds_into_the_first_linear_layer(name):
+    """--adapt input trains a channel re-mixing and folds it into the encoder: the folded
+    brain computes on x what the unfolded one computed on mixing @ x + offset."""
+    import torch
+
+    from trainer.adapt import _Mixed
+    from trainer.model import BrainEmbedder
+
+    torch.manual_seed(0)
+    brain = BrainEmbedder({"name": name, "n_chans": 5, "n_times": 7, "embed_dim": 16}, 8).eval()
+    mixed = _Mixed(brain).eval()
+    with torch.no_grad():
+        mixed.mix.mixing.add_(0.3 * torch.randn(5, 5))
+        mixed.mix.offset.add_(torch.randn(5))
+    x = torch.randn(4, 5, 7)
+    with torch.no_grad():
+        want = mixed(x)
+        got = mixed.folded()(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_input_adaptation_needs_a_linear_first_layer():
+    from trainer.adapt import _Mixed
+    from trainer.model import BrainEmbedder
+
+    brain = BrainEmbedder({"name": "eegnet", "n_chans": 5, "n_times": 64, "embed_dim": 16}, 8)
+    with pytest.raises(UsageError, match="--adapt input needs an encoder that begins with a linear layer.*'eegnet'"):
+        _Mixed(brain)
