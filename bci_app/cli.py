@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Sequence
 
+from trainer.config import ADAPT_PARTS
 from trainer.errors import BCIError, UsageError, run_command
 
 from .summary import report_summary
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bci-app", parents=[verbose],
         usage="bci-app [options]                  the live decoder (window, --headless, --demo)\n"
-              "       bci-app present|streams|recover|sys-info [options]",
+              "       bci-app present|calibrate|streams|recover|sys-info [options]",
         description="Decode a live EEG stream with a model bundle: epochs on stimulus markers, retrieves the "
                     "seen image among the bundle's gallery, in a window (default) or --headless. 'bci-app --demo' "
                     "runs everything on synthetic data with no amplifier. 'bci-app COMMAND --help' describes "
@@ -141,10 +142,115 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start even when no program receives the markers (they are lost then)")
     s.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)  # the demo's presenter
     s.set_defaults(run=_cmd_present, command="present")
+    _add_calibrate_parser(sub, sub_verbose)
     s = sub.add_parser("sys-info", prog="bci-app sys-info", parents=[sub_verbose], help="versions of the parts this app runs on",
                        description="Versions of the parts this app runs on, and whether the window can open here.")
     s.set_defaults(run=_cmd_sys_info, command="sys-info")
     return p
+
+
+def _add_calibrate_parser(sub, sub_verbose: argparse.ArgumentParser) -> None:
+    s = sub.add_parser(
+        "calibrate", prog="bci-app calibrate", parents=[sub_verbose],
+        help="calibrate a bundle to a new person: present, record, adapt",
+        description="One calibration block for a new person: the presenter (bci-app present --set train --labels) "
+                    "shows training-concept images for --minutes while the EEG stream and the presenter's markers "
+                    "are recorded, then the bundle is adapted to the person on that recording (bci-train adapt) "
+                    "and written to --out. Decode with it: bci-app --bundle OUT --stream NAME. Each block keeps its "
+                    "recording, the presenter's log and timing log in a new folder under --folder; when the "
+                    "adaptation fails or is interrupted, the message gives the bci-train adapt command that adapts "
+                    "the recording by hand. Calibrating an adapted bundle continues from it.")
+    s.add_argument("--bundle", required=True, help="the bundle to adapt (an inter-subject bundle, or an adapted one)")
+    s.add_argument("--stream", required=True, help="name of the EEG LSL stream (the person's amplifier)")
+    s.add_argument("--source-id", default=None, help="source id of the EEG stream, when several share its name")
+    s.add_argument("--out", required=True, metavar="NEW", help="the adapted bundle's folder (new or empty)")
+    s.add_argument("--images", default=None, metavar="DIR",
+                   help="the data folder whose training images are shown (THINGS layout) or a folder of images "
+                        "(default: the data folder the bundle was trained on, when it holds image_set/)")
+    s.add_argument("--minutes", type=float, default=5.0, help="length of the block (default 5)")
+    s.add_argument("--markers", default=None, metavar="NAME",
+                   help="name of the presenter's marker stream (default: a new bci-calibrate-... name)")
+    s.add_argument("--screen", type=int, default=None, help="screen to show the images on (default 0)")
+    s.add_argument("--windowed", action="store_true", help="the presenter in a window instead of full screen")
+    s.add_argument("--pause", type=float, default=None, metavar="S",
+                   help="start the next sequence by itself after S seconds (default: the space bar starts it)")
+    s.add_argument("--folder", default=None, metavar="DIR",
+                   help="calibration folder: each block goes into a new DIR/<date-time> folder "
+                        "(default ~/bci-recordings/calibration)")
+    s.add_argument("--adapt", choices=ADAPT_PARTS, default="all",
+                   help="what of the brain side to train: all of it, its last layer and projector (head), the "
+                        "projector, or a re-mixing of the input channels (input); as bci-train adapt (default all)")
+    s.add_argument("--epochs", type=int, default=40, help="at most this many adaptation epochs (default 40)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    s.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the EEG stream and the presenter at the start (default 30)")
+    s.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # the images' order (tests)
+    s.set_defaults(run=_cmd_calibrate, command="calibrate")
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import Calibration, CalibrationError, default_image_folder, record_block
+
+    _check_limits(args, counts=("epochs",), positive=("minutes", "timeout"), non_negative=("screen", "pause"))
+    images = args.images or default_image_folder(args.bundle)
+    if images is None:
+        raise UsageError(f"--images: give the folder of the images to show (the bundle {args.bundle} names no data "
+                         "folder with image_set/ in its provenance)")
+    cal = Calibration(args.bundle, images, minutes=args.minutes, root=args.folder, out=args.out, markers=args.markers,
+                      screen=args.screen, windowed=args.windowed, pause=args.pause, adapt=args.adapt,
+                      epochs=args.epochs, device=args.device, seed=args.seed)
+    print(f"bci-app calibrate: {cal.planned_seconds / 60:.1f} min of training images from {cal.images} "
+          f"(markers {cal.markers!r}) while {args.stream!r} is recorded into {cal.recording_dir}"
+          + ("" if args.pause is not None else "; the space bar starts each sequence"), file=sys.stderr, flush=True)
+    def on_term(signum, frame):  # SIGTERM: as Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        try:
+            record_block(cal, args.stream, source_id=args.source_id, timeout=args.timeout, device=args.device)
+        except KeyboardInterrupt:
+            cal.cancel()
+            if cal.presenter is not None:
+                cal.presenter_ended()  # stopped by now: says what is kept
+            print(f"bci-app calibrate: interrupted while presenting; {cal.error or f'see {cal.folder}'}", file=sys.stderr)
+            return 130
+        print(f"bci-app calibrate: recorded {cal.presented.get('onsets', 0)} images; adapting {cal.base} "
+              f"(--adapt {cal.adapt})", file=sys.stderr, flush=True)
+        from trainer.progress import ProgressBars
+
+        with ProgressBars() as progress:
+            cal.start_adapting()
+            last = None
+            try:
+                while not cal.wait(0.1):
+                    if cal.progress != last and cal.progress[0]:
+                        last = cal.progress
+                        progress(*last)
+            except KeyboardInterrupt:
+                cal.cancel()
+                cal.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        result = cal.result()
+    except CalibrationError as err:
+        if cal.phase == "cancelled":
+            print(f"bci-app calibrate: interrupted: {err}", file=sys.stderr)
+            return 130
+        raise
+    s = result.summary
+    print(f"wrote {result.bundle}: adapted ({s.get('adapt', cal.adapt)}) on {s.get('n_trials', '?')} trials "
+          f"({s.get('minutes', 0):.1f} min) in {s.get('seconds', 0):.0f} s; the block's files are in {result.folder}")
+    before, after = s.get("before") or {}, s.get("after") or {}
+    if before and after:
+        chance = f", chance {s['val_chance_top1']:.3f}" if "val_chance_top1" in s else ""
+        print(f"  validation top-1 on held-out calibration concepts ({s.get('n_val', '?')} trials{chance}): "
+              f"before {before['top1']:.3f}, after {after['top1']:.3f} (epoch {s.get('best_epoch', '?')})")
+        if s.get("best_epoch") == 0:
+            print("  no epoch beat the starting model on the held-out concepts: the new bundle keeps its weights")
+    print(f"  decode with it: bci-app --bundle {result.bundle} --stream {args.stream}")
+    return 0
 
 
 def _check_limits(args: argparse.Namespace, *, counts=(), positive=(), non_negative=()) -> None:

@@ -106,6 +106,7 @@ class MainWindow(QMainWindow):
         self._bundle_loading = False
         self._progress_start: float | None = None  # when the job shown in the status bar began
         self._progress_done = 0
+        self.calibration = None  # the CalibrationRun of a block in progress
 
         self.banner = Banner()
         self.streams = StreamPanel()
@@ -188,6 +189,10 @@ class MainWindow(QMainWindow):
         self.connect_action = action("&Connect / disconnect", "Ctrl+L", self._toggle_connection, session_menu)
         self.record_action = action("&Record", "Ctrl+R", self.toggle_recording, session_menu, checkable=True)
         self.record_action.setEnabled(False)
+        session_menu.addSeparator()
+        self.calibrate_action = action("Cali&brate…", "", self.calibrate_dialog, session_menu)
+        self.cancel_calibration_action = action("Cancel calibration", "", self.cancel_calibration, session_menu)
+        self.cancel_calibration_action.setEnabled(False)
         help_menu = self.menuBar().addMenu("&Help")
         action("&Keyboard shortcuts", "F1", self._show_shortcuts, help_menu)
 
@@ -264,6 +269,19 @@ class MainWindow(QMainWindow):
         self.progress_label.setText("")
         self._progress_start, self._progress_done = None, 0
 
+    def show_progress(self, phase: str, done: int, total: int) -> None:
+        """Show a job's progress in the status bar (``total`` 0: busy, no share known)."""
+        self._on_progress(phase, done, total)
+        if total <= 0:
+            self.progress.setRange(0, 0)
+
+    def end_progress(self) -> None:
+        self._end_progress()
+
+    @property
+    def bundle_loading(self) -> bool:
+        return self._bundle_loading
+
     # -- tasks --------------------------------------------------------------------------
     def run_task(self, fn, on_done, name: str, on_failed=None, progress: bool = False) -> TaskWorker:
         """Run ``fn(progress)`` on a worker thread; ``on_done(result)`` on the GUI thread."""
@@ -334,6 +352,79 @@ class MainWindow(QMainWindow):
         then, self._after_bundle = self._after_bundle, None
         if then is not None:
             then()
+
+    # -- calibration --------------------------------------------------------------------
+    def _calibration_problem(self) -> str | None:
+        if self.calibration is not None:
+            return "a calibration is running (Session → Cancel calibration stops it)"
+        if self.bundle is None:
+            return "open the bundle to calibrate first (Ctrl+O)"
+        if self.live is None or not self.stream_info:
+            return "connect to the person's EEG stream first (Ctrl+L): the calibration records it"
+        if self._recording_wanted:
+            return "stop the recording first (Ctrl+R): the calibration makes its own"
+        return None
+
+    def calibrate_dialog(self) -> None:
+        """Session → Calibrate…: ask for the block's settings, then start it."""
+        problem = self._calibration_problem()
+        if problem is not None:
+            self.show_error(f"calibration: {problem}")
+            return
+        from .calibration import CalibrationDialog
+
+        dialog = CalibrationDialog(self.bundle.path, self)
+        if dialog.exec():
+            self.start_calibration(**dialog.values())
+
+    def start_calibration(self, *, images: str, minutes: float = 5.0, screen: int | None = None,
+                          windowed: bool = False, adapt: str = "all", pause: float | None = None,
+                          adapt_fn=None, epochs: int = 40):
+        """Run a calibration block on the connected stream (see
+        :mod:`bci_app.gui.calibration`); returns its ``CalibrationRun`` (``finished(str)``
+        when it ends), or None when it could not start (the error is shown)."""
+        problem = self._calibration_problem()
+        if problem is not None:
+            self.show_error(f"calibration: {problem}")
+            return None
+        from trainer.errors import BCIError
+
+        from ..calibrate import Calibration
+        from .calibration import CalibrationRun
+
+        try:
+            cal = Calibration(self.bundle.path, images, minutes=minutes, root=self.record_dir / "calibration",
+                              screen=screen, windowed=windowed, adapt=adapt, pause=pause, epochs=epochs,
+                              device=self.model.device.currentText(), adapt_fn=adapt_fn)
+        except (BCIError, OSError) as err:
+            self.show_error(f"calibration: {err}")
+            return None
+        previous = {"stream": self.stream_info["stream"], "source_id": self.stream_info.get("source_id"),
+                    "markers": self.stream_info.get("markers")}
+        run = CalibrationRun(self, cal, previous=previous)
+        self.calibration = run
+        run.finished.connect(self._calibration_finished)
+        self.calibrate_action.setEnabled(False)
+        self.cancel_calibration_action.setEnabled(True)
+        try:
+            run.start()
+        except (BCIError, OSError) as err:
+            run.deleteLater()
+            self._calibration_finished("")
+            self.show_error(f"calibration: {err}")
+            return None
+        return run
+
+    def cancel_calibration(self) -> None:
+        if self.calibration is not None:
+            self.calibration.cancel()
+
+    def _calibration_finished(self, bundle: str) -> None:
+        self.calibration = None
+        self.calibrate_action.setEnabled(True)
+        self.cancel_calibration_action.setEnabled(False)
+        if bundle:
+            self.note(f"calibration: decoding with the adapted bundle {bundle}")
 
     # -- streams ------------------------------------------------------------------------
     def refresh_streams(self) -> None:
@@ -414,7 +505,7 @@ class MainWindow(QMainWindow):
         self.streams.set_connection("connected")
         self.streams.show_info(info)
         self.signal.reset(info["display_channels"], info["sfreq"])
-        self.record_action.setEnabled(True)
+        self.record_action.setEnabled(self.calibration is None)  # a calibration block records by itself
         self.refresh_streams()
         self.note(f"decoding {info['stream']!r} ({len(info['ch_names'])} channels, {info['sfreq']:g} Hz) with "
                   f"markers {info['markers']!r} on {info['device']}")
@@ -520,6 +611,8 @@ class MainWindow(QMainWindow):
         """Stop all workers, waiting at most about ``timeout_s`` for each; True when all ended."""
         ok = True
         self.signal.stop()
+        if self.calibration is not None:  # the presenter and the adaptation stop; the recording is kept
+            self.calibration.abort(timeout_s)
         if self.live is not None:
             live, thread = self.live, self.live_thread
             live.stop()
