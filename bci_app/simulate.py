@@ -47,8 +47,9 @@ import math
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,7 +59,11 @@ from trainer.synth.live import ContinuousSignal, SimulatedSubject
 
 from .streams import resolve_one
 
-__all__ = ["DEFAULT_LATENCY", "IMAGE_SETS", "SimulationStats", "Simulator", "eeg_stream_info", "marker_target"]
+if TYPE_CHECKING:
+    from .stimuli import FrameTiming, Trial
+
+__all__ = ["DEFAULT_LATENCY", "IMAGE_SETS", "SimulationStats", "Simulator", "eeg_stream_info", "marker_target",
+           "presentation_times", "record_simulated_session"]
 
 logger = logging.getLogger("bci_app")
 
@@ -390,21 +395,34 @@ class Simulator:
 
     def _take_markers(self, markers) -> None:
         for t, value in markers.poll():
-            value = _plain(value)
-            self.stats.markers += 1
-            target = marker_target(value, self.subject, self.part)
-            if target is None:
-                self._unknown(value)
-                continue
-            amplitudes = None if target == "catch" else self.subject.amplitudes(*target)
-            onset = int(round((t - self.t0) * self.sfreq + self.delay_samples))
-            missed = self.signal.add_response(onset, amplitudes)
-            if target == "catch":
-                self.stats.catch += 1
-            elif missed < self.signal.n_wave:
-                self.stats.responses += 1
-            if missed:
-                self._late(value, missed)
+            self.respond(t, value)
+
+    def onset_sample(self, t: float) -> int:
+        """The stream sample at which the response to a marker stamped ``t`` (LSL time)
+        begins: ``round((t + delay - t0) * sfreq)``."""
+        if self.t0 is None:
+            raise RuntimeError("Simulator.onset_sample: no t0 yet (call start() first)")
+        return int(round((t - self.t0) * self.sfreq + self.delay_samples))
+
+    def respond(self, t: float, value: Any) -> None:
+        """Answer one marker (LSL time ``t``, ``value`` as the marker stream gives it): add
+        its response to :attr:`signal` from :meth:`onset_sample` on, and count it.  What
+        :meth:`run` does with each marker it reads, and what
+        :func:`record_simulated_session` does without LSL."""
+        value = _plain(value)
+        self.stats.markers += 1
+        target = marker_target(value, self.subject, self.part)
+        if target is None:
+            self._unknown(value)
+            return
+        amplitudes = None if target == "catch" else self.subject.amplitudes(*target)
+        missed = self.signal.add_response(self.onset_sample(t), amplitudes)
+        if target == "catch":
+            self.stats.catch += 1
+        elif missed < self.signal.n_wave:
+            self.stats.responses += 1
+        if missed:
+            self._late(value, missed)
 
     def _unknown(self, value: Any) -> None:
         self.stats.unknown += 1
@@ -427,3 +445,134 @@ class Simulator:
             logger.warning("marker %r came %.0f ms after its response began (those samples had gone out): the rest "
                            "of the response is added; later ones are counted", value, ms)
         self.stats.max_late_ms = max(self.stats.max_late_ms, ms)
+
+
+# -- a recorded session, simulated faster than real time ---------------------------------------
+
+#: seconds of signal made and written at a time by :func:`record_simulated_session`
+_OFFLINE_BLOCK_S = 4.0
+#: seconds recorded after the last image's onset at least (its response and epoch window)
+_OFFLINE_TAIL_S = 1.5
+
+
+def presentation_times(sequences: list[list[Trial]], timing: FrameTiming, pause_s: float, *,
+                       start: float = 0.0) -> list[tuple[Trial, float]]:
+    """The flip time of every trial of ``sequences`` as ``bci-app present --pause
+    pause_s`` shows them on a display that never drops a frame: the presenter's own run
+    (:class:`~bci_app.rsvp.RsvpRun`) driven frame by frame, flip ``k`` at ``start + k /
+    refresh_hz``.  The first sequence starts once ``pause_s`` has passed, as every
+    following one does after the previous sequence's last blank.  Returns (trial, flip
+    time) in the order shown."""
+    from .presentation import TimingLog
+    from .rsvp import RsvpRun
+
+    if not (math.isfinite(pause_s) and pause_s >= 0):
+        raise UsageError(f"pause_s must be >= 0 seconds, got {pause_s!r}")
+    if not sequences or not all(sequences):
+        raise UsageError("no trials to show (an empty list of sequences, or an empty sequence)")
+    shown: list[tuple[Trial, float]] = []
+    run = RsvpRun(sequences, timing, lambda trial, flip: shown.append((trial, flip)), TimingLog(timing, "simulated"),
+                  auto_pause=float(pause_s))
+    now, k = start, 0
+    while not run.finished:
+        run.frame(now)  # as the display loop does: the next frame is asked for at the last flip
+        k += 1
+        now = start + k * timing.frame
+        run.flipped(now)
+    return shown
+
+
+def record_simulated_session(subject: SimulatedSubject, sequences: list[list[Trial]], folder: str | Path, *,
+                             timing: FrameTiming | None = None, pause_s: float = 2.0, seed: int = 0,
+                             noise: bool = True, delay: float | None = None, image_set: str | None = None) -> Path:
+    """The folder ``bci-app --record folder`` writes while ``bci-app present --labels
+    --pause pause_s`` shows ``sequences`` to ``bci-replay --simulate`` playing ``subject``,
+    made as fast as numpy goes (about 1.5 s a minute of session, mostly the noise) instead
+    of in real time.
+
+    The same code as the live path: the presenter's run gives the flip times
+    (:func:`presentation_times`, a display that drops no frame, the LSL clock at 0 when
+    the recording starts); a :class:`Simulator` (with its ``seed``, ``noise`` and
+    ``delay``, whose default is minus the set's trigger delay) answers each marker
+    (:meth:`Simulator.respond`: the response from ``round((t + delay) * sfreq)`` on, a
+    catch trial its ERP only), in the order shown, so the per-trial gains are drawn as
+    live; its signal is recorded sample by sample by a
+    :class:`~bci_app.recording.SessionRecorder` (``float32`` volts, as the EEG stream
+    carries them), each marker, labelled ``Trial.label`` (``concept/file``, ``catch``), at
+    the sample nearest its time, as ``bci-app`` places it.  The recording starts
+    ``pause_s`` before the first image and ends ``pause_s`` after the last sequence (and
+    at least 1.5 s after the last image).  ``session.json`` says it was simulated offline,
+    by whom, and ``image_set`` (``'training'`` or ``'test'``) when given; ``summary.json``
+    holds the simulation's counts (:class:`SimulationStats`).
+
+    Parameters
+    ----------
+    subject : SimulatedSubject
+    sequences : list of list of Trial
+        From :func:`~bci_app.stimuli.make_sequences` (and perhaps
+        :func:`~bci_app.stimuli.limit_duration`).
+    folder : path-like
+        A new folder (one that holds a recording already is refused).
+    timing : FrameTiming | None
+        The display (default: 60 Hz, 100 ms on, 100 ms off).
+    pause_s : float
+        Seconds between sequences (``bci-app present --pause``).
+    seed, noise, delay
+        As for :class:`Simulator`.
+    image_set : 'test' | 'train' | 'training' | None
+        The part of the set the images are from, for ``session.json`` (labels are found
+        in both parts).
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    from .recording import SessionRecorder
+    from .stimuli import FrameTiming
+
+    if image_set is not None and image_set not in IMAGE_SETS:
+        raise UsageError(f"image_set must be one of {', '.join(IMAGE_SETS)}, got {image_set!r}")
+    if delay is not None and not math.isfinite(delay):
+        raise UsageError(f"delay must be a finite number of seconds, got {delay!r}")
+    timing = timing or FrameTiming.for_display(60.0)
+    shown = presentation_times(sequences, timing, pause_s)
+    # offline every marker is known before its samples are made: no latency is needed, but
+    # the Simulator checks that a live one would have enough
+    live_delay = -subject.config.trigger_delay if delay is None else float(delay)
+    sim = Simulator(subject, name="bci-simulate", markers="bci-presenter", image_set=image_set, noise=noise, seed=seed,
+                    delay=live_delay, latency=max(DEFAULT_LATENCY, 0.005 - live_delay))
+    sim.t0 = 0.0
+    sfreq = sim.sfreq
+    end_s = max(shown[-1][1] - shown[-1][0].position * timing.soa_frames * timing.frame
+                + len(sequences[-1]) * timing.soa_frames * timing.frame + pause_s, shown[-1][1] + _OFFLINE_TAIL_S)
+    n_total = int(math.ceil(end_s * sfreq))
+    info = {"stream": sim.name, "source_id": sim.source_id, "markers": sim.marker_name,
+            "simulated": (f"offline, faster than real time (bci_app.simulate.record_simulated_session): "
+                          f"{subject.describe()}, seed {seed}, {'with' if noise else 'without'} noise, delay "
+                          f"{sim.delay:+.4f} s, {timing.refresh_hz:g} Hz display, {pause_s:g} s pauses")}
+    if image_set is not None:
+        info["image_set"] = IMAGE_SETS[image_set]
+    recorder = SessionRecorder(folder, list(subject.model.ch_names), sfreq, info=info)
+    block = max(1, int(round(_OFFLINE_BLOCK_S * sfreq)))
+    j = 0
+    try:
+        while sim.signal.position < n_total:
+            stop = min(sim.signal.position + block, n_total)
+            while j < len(shown) and sim.onset_sample(shown[j][1]) < stop:  # responses before their samples
+                trial, t = shown[j]
+                sim.respond(t, trial.label)
+                recorder.add_marker(t, trial.label, int(round((t - sim.t0) * sfreq)))
+                j += 1
+            first = sim.signal.position
+            data = sim.signal.read(stop - first).T.astype(np.float32)  # what the stream carries
+            recorder.add_samples(data.astype(np.float64), sim.t0 + np.arange(first, stop) / sfreq)
+            sim.stats.samples += stop - first
+        for trial, t in shown[j:]:  # responses that would begin after the end (a delay of seconds)
+            sample = int(round((t - sim.t0) * sfreq))
+            recorder.add_marker(t, trial.label, sample if sample < n_total else None)
+    except BaseException:
+        recorder.abort()
+        raise
+    recorder.close(asdict(sim.stats))
+    return Path(folder).expanduser()
