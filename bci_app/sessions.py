@@ -78,15 +78,9 @@ def read_mne_file(path: str | Path) -> ReplaySession:
                    for s, _, c in events]
         raw.drop_channels(stim)
     else:
-        # annotation onsets count from the start of the acquisition; samples from the file's first
-        onsets = raw.time_as_index(raw.annotations.onset, use_rounding=True) - raw.first_samp
-        brainvision = path.suffix.lower() == ".vhdr"
-        for sample, desc in zip(onsets, raw.annotations.description):
-            if brainvision and "/" in desc:  # MNE names BrainVision markers "<type>/<description>"
-                desc = desc.split("/", 1)[1]
-            if desc.upper().startswith(("BAD_", "BAD ", "EDGE ")) or desc.upper() == "NEW SEGMENT":
-                continue
-            markers.append(Marker(int(sample), marker_code(desc), desc))
+        from trainer.data.annotations import annotation_markers
+
+        markers = [Marker(sample, marker_code(desc), desc) for sample, desc in annotation_markers(raw, path)[0]]
     if not len(raw.ch_names):
         raise DataFormatError(path, "channels", "no data channel to stream")
     markers.sort(key=lambda m: m.sample)

@@ -65,6 +65,10 @@ def _block(data: Path, bundle: Path, person: int, folder: Path, presenter_args: 
         if record:
             decoder_args += ["--record", folder / "recording"]
         decoder = start(APP, *decoder_args, log="decoder")
+        # the presenter starts its first sequence once any program receives its markers: the
+        # participant is already waiting for them, so the decoder gets a head start to load
+        # and to connect to the EEG (else the first sequences go out before it subscribed)
+        time.sleep(10.0)
         presenter = start(APP, "present", "--images", data, "--markers", markers, "--windowed", "--pause", 2.0,
                           "--log", folder / "presentation.json", *presenter_args, log="presenter")
         for proc, log, limit in ((presenter, "presenter", 3600), (participant, "participant", 120), (decoder, "decoder", 300)):

@@ -112,6 +112,7 @@ def read_recording(path: str | Path, spec) -> Recording:
     (picked by name, as the live app does) are loaded."""
     import mne
 
+    from .data.annotations import annotation_markers
     from .preprocessing import select_channels
 
     folder = Path(path).expanduser()
@@ -124,16 +125,7 @@ def read_recording(path: str | Path, spec) -> Recording:
     picks = select_channels(raw.ch_names, resolved.channels, source=file)
     data = raw.get_data(picks=[raw.ch_names[i] for i in picks])
     sfreq = float(raw.info["sfreq"])
-    markers, bad = [], []
-    onsets = raw.time_as_index(raw.annotations.onset, use_rounding=True) - raw.first_samp
-    for sample, duration, desc in zip(onsets, raw.annotations.duration, raw.annotations.description):
-        if file.suffix.lower() == ".vhdr" and "/" in desc:  # MNE names BrainVision markers "<type>/<description>"
-            desc = desc.split("/", 1)[1]
-        if desc.upper().startswith(("BAD", "EDGE")) or desc.upper() == "NEW SEGMENT":
-            if desc.upper().startswith("BAD"):  # a span, or (duration 0, the recorder's gaps) a cut before it
-                bad.append((int(sample), int(sample) + int(round(duration * sfreq))))
-            continue
-        markers.append((int(sample), str(desc)))
+    markers, bad = annotation_markers(raw, file)
     image_set = None
     session = (folder if folder.is_dir() else file.parent) / "session.json"
     if session.is_file():
