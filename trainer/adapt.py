@@ -17,9 +17,11 @@ model that is sure and wrong about a new person has a high one); epoch 0 is the 
 model itself, so an
 adaptation that does not help keeps the base weights and says so.
 
-What is never read: markers naming a test image (the data set's test part) or an image of
-one of the bundle's gallery concepts are counted and skipped before any sample or file of
-theirs is touched.
+What is never used: markers naming a test image (the data set's test part) or an image of
+one of the bundle's gallery concepts are counted and skipped before any epoch is cut or any
+image file opened for them (the recording's samples around them are loaded with the rest of
+the file, and go no further).  The test images are only listed, from the data set's
+metadata.
 
 Adapting an adapted bundle continues from it: the recordings it was adapted on (its
 provenance lists them) are used again with the new ones, and the validation concepts are
@@ -221,7 +223,7 @@ class CalibrationTrials:
     images : list of ImageRef
         The distinct images shown, in order of first appearance.
     counts : dict
-        Markers per outcome: used, catch, test (skipped, never read), rejected reasons.
+        Markers per outcome: used, catch, skipped (test images: never used), rejected reasons.
     recordings : list of dict
         Per recording: path, minutes, markers, used.
     """
@@ -264,8 +266,8 @@ def read_trials(
     """The trials of ``recordings`` whose markers name images of ``images``, as epochs of
     ``spec`` (which must carry its normalisation: a bundle's spec).
 
-    ``use='calibration'`` keeps the trials of training images and skips (without reading
-    their samples) those of test images and of ``excluded_concepts`` (the bundle's gallery
+    ``use='calibration'`` keeps the trials of training images and skips (cutting no epoch
+    and opening no image for them) those of test images and of ``excluded_concepts`` (the bundle's gallery
     concepts); ``use='test'`` keeps only those.  A marker that names no image of
     ``images`` is an error naming it; numeric markers count in ``image_set`` ('train' or
     'test'; default: what the recording's session.json says).  Epochs that run past the

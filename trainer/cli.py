@@ -204,7 +204,7 @@ def _add_adapt_parser(sub) -> None:
                     "training-concept images to the person: epochs cut with the bundle's own preprocessing, targets "
                     "from its own backbone, layer and image projector, the same loss; the epoch is chosen on "
                     "held-out calibration concepts (never the test images), and the gallery is the bundle's. "
-                    "Markers naming test images are skipped unread. Adapting an adapted bundle continues from it "
+                    "Markers naming test images are skipped, their epochs never cut. Adapting an adapted bundle continues from it "
                     "with its recordings and the new ones. See docs/calibration.md.",
     )
     p.add_argument("--bundle", type=Path, required=True, help="the bundle to start from (an inter-subject one, or an adapted one)")

@@ -18,21 +18,6 @@ import pytest
 pytest.importorskip("PySide6")
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):
-    from PySide6.QtCore import QSettings
-
-    from bci_app.gui.window import MainWindow
-
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    win = MainWindow(settings=settings)
-    qtbot.addWidget(win)
-    win.record_dir = tmp_path / "recordings"
-    win.show()
-    yield win
-    win.close()
-
-
 def test_the_dialog_offers_the_bundles_data_folder_and_checks_the_images(qtbot, tiny_bundle, tiny_dataset, tmp_path):
     from PySide6.QtGui import QGuiApplication
 

@@ -13,21 +13,6 @@ import pytest
 pytest.importorskip("PySide6")
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):
-    from PySide6.QtCore import QSettings
-
-    from bci_app.gui.window import MainWindow
-
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    win = MainWindow(settings=settings)
-    qtbot.addWidget(win)
-    win.record_dir = tmp_path / "recordings"
-    win.show()
-    yield win
-    win.close()
-
-
 def _load(qtbot, win, path):
     with qtbot.waitSignal(win.bundle_loaded, timeout=30000):
         win.load_bundle(path)
