@@ -35,8 +35,6 @@ import logging
 import math
 import os
 import shlex
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -48,7 +46,7 @@ from trainer.config import ADAPT_PARTS
 from trainer.errors import BCIError, MissingFileError, UsageError
 from trainer.files import atomic_write_text
 
-from .demo import DemoProcess
+from .demo import DemoProcess, start_app_process
 
 __all__ = ["ADAPT_MODES", "Calibration", "CalibrationCancelled", "CalibrationError", "CalibrationResult",
            "UnknownMarkersFilter", "adapt_by_hand", "default_calibration_root", "default_image_folder", "record_block"]
@@ -276,12 +274,8 @@ class Calibration:
         env = dict(os.environ)
         if self.offscreen:
             env["QT_QPA_PLATFORM"] = "offscreen"
-        log_path = self.folder / "presenter.log"
-        cmd = [sys.executable, "-c", "import sys; from bci_app.cli import main; sys.exit(main())",
-               *self.presenter_command()]
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        self.presenter = DemoProcess(process, self.markers, log_path, "presenter")
+        self.presenter = start_app_process("main", self.presenter_command(), self.markers, self.folder / "presenter.log",
+                                           "presenter", env=env)
         self._t_presenter = time.monotonic()
         self.phase = "presenting"
         self._save()

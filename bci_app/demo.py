@@ -38,7 +38,8 @@ from typing import Iterator
 from trainer.files import atomic_write_text
 from trainer.progress import JobProgress, Progress
 
-__all__ = ["DemoFiles", "DemoLoop", "DemoProcess", "demo_dir", "prepare_demo", "start_closed_loop", "start_replay"]
+__all__ = ["DemoFiles", "DemoLoop", "DemoProcess", "demo_dir", "prepare_demo", "start_app_process", "start_closed_loop",
+           "start_replay"]
 
 logger = logging.getLogger("bci_app")
 
@@ -230,7 +231,11 @@ class DemoProcess:
                 self.process.wait()
 
 
-def _start(code: str, args: list[str], name: str, log_path: Path, what: str, env: dict | None = None) -> DemoProcess:
+def start_app_process(code: str, args: list[str], name: str, log_path: Path, what: str,
+                      env: dict | None = None) -> DemoProcess:
+    """Start ``bci_app.cli.<code>()`` (``main``: bci-app, ``replay_main``: bci-replay) with
+    ``args`` in a process of its own, its output to ``log_path``; ``name`` is the stream it
+    makes, ``what`` how messages call it."""
     log = open(log_path, "w")
     cmd = [sys.executable, "-c", f"import sys; from bci_app.cli import {code}; sys.exit({code}())", *args]
     try:
@@ -244,7 +249,7 @@ def start_replay(files: DemoFiles, name: str | None = None) -> DemoProcess:
     """Start ``bci-replay SESSION --loop`` in a background process under a unique stream name
     (its markers are ``NAME-markers``).  Its output goes to ``replay.log`` in the demo folder."""
     name = name or f"bci-demo-{uuid.uuid4().hex[:8]}"
-    return _start("replay_main", [str(files.session), "--name", name, "--source-id", f"{name}-src", "--loop",
+    return start_app_process("replay_main", [str(files.session), "--name", name, "--source-id", f"{name}-src", "--loop",
                                   "--exit-with-parent"], name, files.root / "replay.log", "replay process")
 
 
@@ -286,7 +291,7 @@ def start_closed_loop(files: DemoFiles, name: str | None = None, *, offscreen: b
     ``presentation.json``."""
     name = name or f"bci-demo-{uuid.uuid4().hex[:8]}"
     markers = f"{name}-markers"
-    participant = _start("replay_main", ["--simulate", "--data", str(files.data), "--subject", str(DEMO_SUBJECT),
+    participant = start_app_process("replay_main", ["--simulate", "--data", str(files.data), "--subject", str(DEMO_SUBJECT),
                                          "--name", name, "--source-id", f"{name}-src", "--markers-from", markers,
                                          "--exit-with-parent"], name, files.root / "participant.log",
                          "simulated participant")
@@ -294,7 +299,7 @@ def start_closed_loop(files: DemoFiles, name: str | None = None, *, offscreen: b
     if offscreen:
         env["QT_QPA_PLATFORM"] = "offscreen"
     seed = int.from_bytes(os.urandom(4), "little") >> 1
-    presenter = _start("main", ["present", "--images", str(files.data), "--set", "test", "--markers", markers,
+    presenter = start_app_process("main", ["present", "--images", str(files.data), "--set", "test", "--markers", markers,
                                 "--windowed", "--image-size", "300", "--pause", "0.5",
                                 "--repetitions", str(DEMO_REPETITIONS), "--seed", str(seed),
                                 "--log", str(files.root / "presentation.json"), "--exit-with-parent"],

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from trainer.errors import DataFormatError
-from trainer.preprocessing import PreprocessingSpec, select_channels
+from trainer.preprocessing import PreprocessingSpec, flat_channels, select_channels, window_problem
 
 from .streams import EEGSource, StreamError
 
@@ -198,13 +198,11 @@ class OnlineEpocher:
                     rejected.append((m, "overload"))
                     continue
                 w = data[:, self.picks].T
-                if not np.isfinite(w).all():
-                    rejected.append((m, "non-finite"))
-                    continue
-                flat = np.flatnonzero(w.max(axis=1) == w.min(axis=1))
-                if len(flat):
-                    self._warn_flat([self.spec.channels[i] for i in flat])
-                    rejected.append((m, "flat"))
+                problem = window_problem(w)
+                if problem is not None:
+                    if problem == "flat":
+                        self._warn_flat([self.spec.channels[i] for i in flat_channels(w)])
+                    rejected.append((m, problem))
                     continue
                 windows.append(w)
                 t_ready.append(float(arrival[-1]))

@@ -326,6 +326,8 @@ def read_trials(
 
 def _epochs(rec: Recording, spec, onsets: list[int], refs: list[ImageRef], counts: dict) -> tuple[np.ndarray, list[ImageRef], int]:
     """Epochs at ``onsets`` with the live app's rejections (see :func:`read_trials`)."""
+    from .preprocessing import window_problem
+
     names = list(spec.channels)
     start, n_in = spec.window(rec.sfreq)
     good = []
@@ -336,13 +338,11 @@ def _epochs(rec: Recording, spec, onsets: list[int], refs: list[ImageRef], count
         elif any((a < s1 and s0 < b) if s1 > s0 else a < s0 < b for s0, s1 in rec.bad):
             counts["gap"] += 1
         else:
-            w = rec.data[:, a:b]
-            if not np.isfinite(w).all():
-                counts["non-finite"] += 1
-            elif (w.max(axis=1) == w.min(axis=1)).any():
-                counts["flat"] += 1
-            else:
+            problem = window_problem(rec.data[:, a:b])
+            if problem is None:
                 good.append(i)
+            else:
+                counts[problem] += 1
     if not good:
         return np.zeros((0, len(names), spec.n_times), np.float32), [], 0
     epochs, kept = spec.epochs_from_continuous(rec.data, rec.sfreq, names, np.asarray([onsets[i] for i in good]),
@@ -453,23 +453,15 @@ def _image_targets(bundle, images: list[ImageRef], *, weights: str | None, devic
     from .config import layer_key
     from .errors import BCIError
     from .model import normalised_embedding
-    from .vision import cached_features, load_backbone
+    from .vision import cached_features
 
-    if not bundle.image_projector_state:
-        raise DataFormatError(bundle.path / "encoder.safetensors", "image_projector",
-                              "missing: this bundle cannot be adapted (its image side is not stored)")
-    info = bundle.config["backbone"]
-    size = info.get("image_size") or 0
-    source = weights or info.get("weights") or "hub"
     try:
-        backbone = load_backbone(info["name"], source, device=device, seed=0,
-                                 model_kwargs={"img_size": size} if size else None)
+        backbone, projector = bundle.image_side("adapted", weights=weights, device=device)
     except (OSError, RuntimeError) as err:
-        raise BCIError(f"the bundle's backbone {info['name']} with weights {source!r} cannot be loaded ({err}); adapting "
-                       "needs the weights the bundle was trained with: give them with --weights FILE") from None
-    if info.get("weights_id") and backbone.weights_id != info["weights_id"]:
-        raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
-                       f"({info['weights_id']}); pass the same weights file with --weights")
+        info = bundle.config["backbone"]
+        raise BCIError(f"the bundle's backbone {info['name']} with weights {weights or info.get('weights') or 'hub'!r} "
+                       f"cannot be loaded ({err}); adapting needs the weights the bundle was trained with: give them "
+                       "with --weights FILE") from None
     key = layer_key(bundle.config["layer"])
     ident = hashlib.sha256("\n".join(str(r.path.resolve()) for r in images).encode()).hexdigest()[:16]
 
@@ -480,8 +472,6 @@ def _image_targets(bundle, images: list[ImageRef], *, weights: str | None, devic
     feats = cached_features(backbone, [r.path for r in images], [bundle.config["layer"]], pooling=bundle.config["pooling"],
                             cache_dir=cache / "features", image_set_id=f"calibration-{ident}-{len(images)}",
                             batch_size=32, progress=report)[key]
-    projector = torch.nn.Linear(feats.shape[1], bundle.gallery.shape[1])
-    projector.load_state_dict(bundle.image_projector_state)
     with torch.inference_mode():
         return normalised_embedding(projector, torch.from_numpy(feats))
 
@@ -597,12 +587,10 @@ def adapt_bundle(
                              progress=report).to(device)
 
     torch.manual_seed(seed)
-    enc_cfg = dict(bundle.brain.encoder_config)
+    brain = BrainEmbedder(dict(bundle.brain.encoder_config), bundle.brain.proj_dim)  # a copy: bundle.brain stays
     if from_scratch:
-        brain = BrainEmbedder(enc_cfg, bundle.brain.proj_dim)
         adapt = "all"
     else:
-        brain = BrainEmbedder(enc_cfg, bundle.brain.proj_dim)
         brain.load_state_dict(bundle.brain.state_dict())
     if adapt == "input":
         brain = _Mixed(brain)
@@ -722,11 +710,12 @@ def evaluate_recordings(bundle_path: str | Path, recordings: Sequence[str | Path
             raise DataFormatError(bundle.path / "gallery.json", "items", f"image {ref.label!r} is not in the gallery")
         rows.append(row)
     target = np.asarray(rows)[trials.image]
-    emb = bundle.embed(trials.epochs, device=resolve_device(device))
+    device = resolve_device(device)
+    emb = bundle.embed(trials.epochs, device=device)
     single = topk_accuracy(emb @ bundle.gallery.T, target)
     shown = np.unique(trials.image)
     mean = np.stack([trials.epochs[trials.image == i].mean(axis=0) for i in shown])
-    averaged = topk_accuracy(bundle.embed(mean, device=resolve_device(device)) @ bundle.gallery.T, np.asarray(rows)[shown])
+    averaged = topk_accuracy(bundle.embed(mean, device=device) @ bundle.gallery.T, np.asarray(rows)[shown])
     reps = np.bincount(trials.image)
     return {"n_way": int(len(bundle.gallery)), "chance_top1": 1.0 / len(bundle.gallery), "n_trials": int(len(trials.epochs)),
             "n_images": int(len(shown)), "n_repetitions": float(reps[reps > 0].mean()),

@@ -131,6 +131,28 @@ class Bundle:
         model, device = self.brain_on(device)
         return embed_epochs(model, epochs, device=device, batch_size=batch_size)
 
+    def image_side(self, purpose: str, *, weights: str | None = None, device: str | torch.device = "auto"):
+        """(backbone, image projector) of this bundle, for embedding other images as its
+        gallery was (``purpose``, e.g. "re-targeted", words the error of a bundle without
+        its image projector).  The backbone is the one the bundle records, loaded from
+        ``weights`` (default: where it records) and checked by its weights id."""
+        from .errors import BCIError
+        from .vision import load_backbone
+
+        if not self.image_projector_state:
+            raise DataFormatError(self.path / "encoder.safetensors", "image_projector",
+                                  f"missing: this bundle cannot be {purpose} (its image side is not stored)")
+        info = self.config["backbone"]
+        size = info.get("image_size") or 0
+        backbone = load_backbone(info["name"], weights or info.get("weights") or "hub", device=device, seed=0,
+                                 model_kwargs={"img_size": size} if size else None)
+        if info.get("weights_id") and backbone.weights_id != info["weights_id"]:
+            raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
+                           f"({info['weights_id']}); pass the same weights file with --weights")
+        projector = torch.nn.Linear(int(self.config["feature_dim"]), self.gallery.shape[1])
+        projector.load_state_dict(self.image_projector_state)  # shapes checked when the bundle was loaded
+        return backbone, projector.eval()
+
     def brain_on(self, device: str | torch.device) -> tuple[torch.nn.Module, torch.device]:
         """(module, the device it is on): :attr:`brain` itself if it is on ``device``
         ('cuda' meaning any CUDA device), else a copy moved there, so that :attr:`brain`,
@@ -590,10 +612,9 @@ def retarget_bundle(
     """
     from .config import layer_key
     from .data.images import open_rgb
-    from .errors import BCIError
     from .files import atomic_write_bytes
     from .model import normalised_embedding
-    from .vision import extract_features, load_backbone
+    from .vision import extract_features
 
     bundle = load_bundle(bundle_path)
     out = Path(out).expanduser()
@@ -610,23 +631,13 @@ def retarget_bundle(
     if len(ids) != len(paths) or len(concepts) != len(paths):
         raise UsageError(f"ids and concepts must give one id and one concept per image ({len(paths)} images, "
                          f"{len(ids)} ids, {len(concepts)} concepts)")
-    if not bundle.image_projector_state:
-        raise DataFormatError(bundle.path / "encoder.safetensors", "image_projector", "missing: this bundle cannot be re-targeted")
-    info = bundle.config["backbone"]
-    size = info.get("image_size") or 0
-    backbone = load_backbone(info["name"], weights or info.get("weights") or "hub", device=device, seed=0,
-                             model_kwargs={"img_size": size} if size else None)
-    if info.get("weights_id") and backbone.weights_id != info["weights_id"]:
-        raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
-                       f"({info['weights_id']}); pass the same weights file with --weights")
+    backbone, projector = bundle.image_side("re-targeted", weights=weights, device=device)
     layer = bundle.config["layer"]
     key = layer_key(layer)
     feats = extract_features(backbone, paths, [layer], pooling=bundle.config["pooling"], batch_size=batch_size)[key]
-    projector = torch.nn.Linear(feats.shape[1], bundle.gallery.shape[1])
-    try:
-        projector.load_state_dict(bundle.image_projector_state)
-    except RuntimeError as err:
-        raise DataFormatError(bundle.path / "encoder.safetensors", "image_projector", f"does not fit the features ({err})") from None
+    if feats.shape[1] != projector.in_features:
+        raise DataFormatError(bundle.path / "encoder.safetensors", "image_projector",
+                              f"does not fit the features (it takes {projector.in_features}, the layer gives {feats.shape[1]})")
     with torch.inference_mode():
         emb = normalised_embedding(projector, torch.from_numpy(feats))
     # the encoder as loaded: the bytes are checked against the hash the bundle recorded

@@ -48,9 +48,25 @@ import scipy.signal
 from .errors import DataFormatError, UsageError
 from .montage import OCCIPITO_PARIETAL_PATTERN
 
-__all__ = ["PreprocessingSpec", "select_channels"]
+__all__ = ["PreprocessingSpec", "flat_channels", "select_channels", "window_problem"]
 
 _EPS = 1e-9
+
+
+def flat_channels(window: np.ndarray) -> np.ndarray:
+    """Rows of a raw window (C, n) that are constant over it (a disconnected electrode)."""
+    return np.flatnonzero(window.max(axis=1) == window.min(axis=1))
+
+
+def window_problem(window: np.ndarray) -> str | None:
+    """Why a raw window (C, n) of the model's channels cannot become an epoch: "non-finite"
+    samples, a "flat" channel (:func:`flat_channels`), or None.  The live app and
+    ``bci-train adapt`` reject epochs by it alike."""
+    if not np.isfinite(window).all():
+        return "non-finite"
+    if len(flat_channels(window)):
+        return "flat"
+    return None
 
 
 def select_channels(
