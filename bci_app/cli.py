@@ -188,6 +188,11 @@ def _add_calibrate_parser(sub, sub_verbose: argparse.ArgumentParser) -> None:
     s.set_defaults(run=_cmd_calibrate, command="calibrate")
 
 
+def _interrupt(signum, frame) -> None:
+    """A SIGTERM handler that stops like Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import Calibration, CalibrationError, default_image_folder, record_block
 
@@ -202,10 +207,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"bci-app calibrate: {cal.planned_seconds / 60:.1f} min of training images from {cal.images} "
           f"(markers {cal.markers!r}) while {args.stream!r} is recorded into {cal.recording_dir}"
           + ("" if args.pause is not None else "; the space bar starts each sequence"), file=sys.stderr, flush=True)
-    def on_term(signum, frame):  # SIGTERM: as Ctrl-C
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         try:
             record_block(cal, args.stream, source_id=args.source_id, timeout=args.timeout, device=args.device)
@@ -609,10 +611,7 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
     args = build_replay_parser().parse_args(argv)
     _setup_logging(args.verbose)
 
-    def on_term(signum, frame):  # SIGTERM stops like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.exit_with_parent:
         _exit_with_parent()
     return run_command("bci-replay", lambda: _replay_command(args), verbose=args.verbose, interrupted=0)
