@@ -363,7 +363,7 @@ def _decode_headless(args: argparse.Namespace) -> int:
                 if local_clock() - session.source.last_arrival > args.idle_exit:
                     reason = f"no data for {args.idle_exit:g} s"
                     break
-            time.sleep(0.001)
+            session.wait(0.05)
     except KeyboardInterrupt:
         reason = "interrupted"
     except BCIError as err:  # the session cannot go on (e.g. the stream changed): summary first, then the error

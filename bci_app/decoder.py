@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from trainer.bundle import Bundle
+from trainer.encoders import EEGEncoder
 from trainer.errors import UsageError
 from trainer.model import normalised_embedding
 from trainer.vision import resolve_device
@@ -104,21 +105,34 @@ class Decoder:
         self.ids = torch.from_numpy(np.asarray(bundle.gallery_ids, dtype=np.int64))
         self.temperature = temperature
         self.top_k = min(top_k, len(bundle.gallery_ids))
-        self._sums: dict[int, tuple[np.ndarray, int]] = {}
+        # running sums per stimulus id (float64, on the device) of the encoder's input-layer
+        # outputs, or of the epochs when it has none
+        self._sums: dict[int, tuple[torch.Tensor, int]] = {}
+        self._linear = self._first_layer()
+        if self._linear is not None:
+            encoder, projector = self.model.encoder, self.model.projector
+            self._rest = lambda h: projector(encoder.after_input_linear(h))
         self.warm_up()
+        self.reset_averages()
 
     def warm_up(self, n: int = 3) -> None:
         """Run the model a few times so the first real epoch pays no start-up cost."""
-        x = np.zeros((2, self.bundle.n_chans, self.bundle.n_times), dtype=np.float32)
+        x = np.zeros((1, self.bundle.n_chans, self.bundle.n_times), dtype=np.float32)
         for _ in range(n):
-            self._scores(x)
+            self.decode(x, [None])
 
-    def _scores(self, epochs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            z = normalised_embedding(self.model, torch.from_numpy(np.ascontiguousarray(epochs, dtype=np.float32))
-                                     .to(self.device))
-            probs = torch.softmax((z @ self.gallery.T) / self.temperature, dim=1)
-            conf, idx = torch.topk(probs, self.top_k, dim=1)
+    def _first_layer(self):
+        """The encoder's input linear layer when averages can be kept after it (see
+        :meth:`trainer.encoders.EEGEncoder.input_linear`), else None."""
+        encoder = getattr(self.model, "encoder", None)
+        if not isinstance(encoder, EEGEncoder) or not hasattr(self.model, "projector"):
+            return None
+        return encoder.input_linear()
+
+    def _scores(self, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ids and confidences of embeddings ``z`` (n, proj_dim), on the device."""
+        probs = torch.softmax((z @ self.gallery.T) / self.temperature, dim=1)
+        conf, idx = torch.topk(probs, self.top_k, dim=1)
         conf = conf.cpu().numpy()
         if not np.isfinite(conf).all():  # finite epochs, finite weights: cannot happen, never emit it
             raise RuntimeError("the decoder produced non-finite confidences")
@@ -129,25 +143,37 @@ class Decoder:
 
     def decode(self, epochs: np.ndarray, stimulus_ids: list[int | None]) -> list[Prediction]:
         """Predictions for a batch of epochs (n, C, T); epochs with a known stimulus id
-        also update its running average and get the averaged prediction."""
+        also update its running average and get the averaged prediction.
+
+        When the encoder begins with a linear layer (EEGProject, linear), the averages are
+        kept after it, as sums of its outputs: the averaged prediction then costs the rest
+        of the network only, not a second pass through the largest layer."""
         epochs = np.asarray(epochs, dtype=np.float32)
         if epochs.ndim != 3 or epochs.shape[1:] != (self.bundle.n_chans, self.bundle.n_times):
             raise UsageError(f"epochs must be (n, {self.bundle.n_chans}, {self.bundle.n_times}), got {epochs.shape}")
         if len(stimulus_ids) != len(epochs):
             raise UsageError("one stimulus id (or None) per epoch")
-        averaged, rows = [], []
-        for i, (e, sid) in enumerate(zip(epochs, stimulus_ids)):
-            if sid is None:
-                continue
-            total, n = self._sums.get(sid, (np.zeros(e.shape, np.float64), 0))
-            total = total + e
-            self._sums[sid] = (total, n + 1)
-            averaged.append((total / (n + 1)).astype(np.float32))
-            rows.append((i, n + 1))
-        batch = np.concatenate([epochs, np.stack(averaged)]) if averaged else epochs
-        ids, conf = self._scores(batch)
-        out = [Prediction(ids[i].tolist(), conf[i].tolist()) for i in range(len(epochs))]
-        for k, (i, n) in enumerate(rows):
-            j = len(epochs) + k
-            out[i].avg_topk, out[i].avg_confidence, out[i].n_averaged = ids[j].tolist(), conf[j].tolist(), n
+        n = len(epochs)
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(epochs)).to(self.device)
+            if self._linear is not None:
+                h = self._linear(x.flatten(1))  # what the averages are kept of
+                rest = self._rest
+            else:
+                h, rest = x, self.model
+            averaged, rows = [], []
+            for i, sid in enumerate(stimulus_ids):
+                if sid is None:
+                    continue
+                total, count = self._sums.get(sid, (None, 0))
+                total = h[i].double() if total is None else total + h[i].double()
+                self._sums[sid] = (total, count + 1)
+                averaged.append((total / (count + 1)).float())
+                rows.append((i, count + 1))
+            batch = torch.cat([h, torch.stack(averaged)]) if averaged else h
+            ids, conf = self._scores(normalised_embedding(rest, batch))
+        out = [Prediction(ids[i].tolist(), conf[i].tolist()) for i in range(n)]
+        for k, (i, count) in enumerate(rows):
+            j = n + k
+            out[i].avg_topk, out[i].avg_confidence, out[i].n_averaged = ids[j].tolist(), conf[j].tolist(), count
         return out

@@ -1,8 +1,9 @@
 """The live pipeline: streams -> online epochs -> decoder -> results (+ recording).
 
 :class:`LiveSession` is what the headless app runs in its main loop and what the desktop
-app runs on a worker thread: call :meth:`LiveSession.step` often (every few ms); it
-returns the decoded epochs as plain dicts (the JSON lines of ``bci-app --headless``).
+app runs on a worker thread: call :meth:`LiveSession.step` after each :meth:`LiveSession.wait`
+(which returns when a chunk arrives); it returns the decoded epochs as plain dicts (the
+JSON lines of ``bci-app --headless``).
 It waits on the network only while the EEG stream is gone: once a second it looks the
 stream up again by name (0.2 s).  It notices a stream that stops (``stalled``), keeps
 what it recorded, and goes on when the stream comes back (liblsl reconnects to the same
@@ -237,6 +238,13 @@ class LiveSession:
         return summary
 
     # -- one step ---------------------------------------------------------------------
+    def wait(self, timeout: float = 0.05) -> bool:
+        """Sleep until new samples are in (at most ``timeout`` s; markers are read by the
+        next :meth:`step`): the live loop is ``while ...: session.wait(); session.step()``,
+        so an epoch is decided as soon as its last chunk arrives, and an idle stream costs
+        no CPU."""
+        return self.source.wait(timeout)
+
     def note(self, text: str, level: int = logging.WARNING) -> None:
         """Log ``text`` and keep it for the window's event log."""
         logger.log(level, text)

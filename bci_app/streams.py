@@ -2,25 +2,26 @@
 
 - :func:`list_streams` / :func:`resolve_one`: what is on the network (a name two streams
   share is an error listing them).
-- :class:`EEGSource`: an mne-lsl :class:`~mne_lsl.stream.StreamLSL` whose acquisition
-  callback copies every chunk, exactly once, into a ring buffer that counts samples from
-  the connection on (``n_total``), with each sample's time and the local time it
-  arrived.  Sample times come from the raw, clock-corrected stamps through a
+- :class:`EEGSource`: an mne-lsl :class:`~mne_lsl.lsl.StreamInlet` whose acquisition
+  thread blocks in liblsl until samples arrive (no polling: an idle stream costs nothing)
+  and copies every chunk, exactly once, into a ring buffer that counts samples from the
+  connection on (``n_total``), with each sample's time and the local time it arrived;
+  :meth:`EEGSource.wait` wakes the live loop as soon as a chunk is in.  Sample times come from the raw, clock-corrected stamps through a
   :class:`~bci_app.timeline.Timeline` (not liblsl's dejitter, which smears jumps into
   minutes of wrong stamps), which finds the *gaps*: samples lost, a restart, a clock
   jump.  After a gap or a stall the stream's identity is checked again (a restarted
   outlet with the same source id reconnects by itself, possibly with other channels);
   until then the samples after the gap are held back (``available``).
-- :class:`NumericMarkers` (an mne-lsl event stream: single-channel codes, or mne-lsl's
-  one-hot annotation streams with one channel per description) and
-  :class:`StringMarkers` (a plain ``StreamInlet`` with clock correction, as mne-lsl
-  refuses string streams) deliver ``(lsl_time, value)`` pairs.
+- :class:`NumericMarkers` (single-channel codes, or mne-lsl's one-hot annotation streams
+  with one channel per description) and :class:`StringMarkers` deliver ``(lsl_time,
+  value)`` pairs, pulled from a clock-corrected ``StreamInlet`` when the loop asks.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 import warnings
@@ -41,6 +42,8 @@ logger = logging.getLogger("bci_app")
 
 #: how long resolve_one keeps listening for a second stream of the same name
 AMBIGUITY_WAIT = 0.5
+#: longest the acquisition thread waits in liblsl for a sample (bounds how long stopping takes)
+PULL_WAIT = 0.1
 
 
 class StreamError(BCIError, RuntimeError):
@@ -180,7 +183,11 @@ class EEGSource:
 
     def __init__(self, name: str, *, source_id: str | None = None, bufsize: float = 30.0):
         self.name, self.source_id, self.bufsize = name, source_id, float(bufsize)
-        self._stream = None
+        self._inlet = None
+        self._acquisition: threading.Thread | None = None
+        self._stop_acquiring = threading.Event()
+        self._arrived = threading.Event()
+        self._offset: float | None = None
         self._lock = threading.Lock()
         self.ch_names: list[str] = []
         self.sfreq = 0.0
@@ -218,65 +225,120 @@ class EEGSource:
         """Subscribe (again, after the stream was torn down: then it must have the same
         channels and rate, or :class:`StreamChanged` is raised; a stream not found then is a
         short :class:`StreamError`, without a look at the other streams)."""
-        from mne_lsl.stream import StreamLSL
+        from mne_lsl.lsl import StreamInlet
 
         sinfo = resolve_one(self.name, timeout=timeout, source_id=self.source_id, markers=False, cancel=cancel,
                             list_others=not self.ch_names)
         if sinfo.dtype == "string":
             raise StreamError(f"stream {self.name!r} carries strings, not a signal")
         self.source_id = sinfo.source_id or None
-        # StreamLSL's own buffer is kept short (it rolls it on every chunk); ours is the ring.
-        # Only the clock correction: the timeline places the samples (see the module docstring)
-        stream = StreamLSL(bufsize=1.0, name=self.name, source_id=self.source_id)
-        stream.connect(processing_flags=("clocksync",), timeout=timeout, acquisition_delay=0.001)
-        info = stream.info
-        ch_names, sfreq = list(info["ch_names"]), float(info["sfreq"])
+        # liblsl's clock correction only: the timeline places the samples (see the module docstring)
+        inlet = StreamInlet(sinfo, max_buffered=max(math.ceil(self.bufsize), 1), processing_flags=("clocksync",))
+        try:
+            inlet.open_stream(timeout=timeout)
+            ch_names = list(inlet.get_sinfo(timeout=timeout).get_channel_info()["ch_names"])
+            sfreq = float(inlet.sfreq)
+            offset = float(inlet.time_correction(timeout=timeout))
+        except BaseException:
+            inlet.close_stream()
+            raise
         if not self.ch_names:
             self.open_buffer(ch_names, sfreq)
         else:
             change = _layout_change(self.ch_names, self.sfreq, ch_names, sfreq)
             if change is not None:
-                stream.disconnect()
+                inlet.close_stream()
                 raise StreamChanged(f"stream {self.name!r} came back with other channels or rate: {change}")
         self.uid = sinfo.uid
-        self._stream = stream
-        stream.add_callback(self._on_chunk)
+        self._offset = offset
+        stop = threading.Event()
+        thread = threading.Thread(target=self._acquire, args=(inlet, stop), name=f"acquire-{self.name}", daemon=True)
+        self._inlet, self._stop_acquiring, self._acquisition = inlet, stop, thread
+        thread.start()
         logger.info("EEG stream %r: %d channels at %g Hz (source_id %r)", self.name, len(ch_names), sfreq,
                     self.source_id)
         return self
 
     @property
     def connected(self) -> bool:
-        return self._stream is not None and self._stream.connected
+        thread = self._acquisition
+        return thread is not None and thread.is_alive() and not self._stop_acquiring.is_set()
 
     def disconnect(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None and stream.connected:
+        thread, inlet, self._acquisition, self._inlet = self._acquisition, self._inlet, None, None
+        if thread is None:
+            return
+        self._stop_acquiring.set()
+        if thread is not threading.current_thread():
+            thread.join(2.0)  # at most one pull's wait (PULL_WAIT)
+        if inlet is not None and not thread.is_alive():
             try:
-                stream.disconnect()
+                inlet.close_stream()
             except Exception as err:  # pragma: no cover - liblsl teardown
                 logger.debug("disconnect: %s", err)
+        self.notify()  # a wait() for data returns now
 
-    def clock_offset(self, timeout: float = 0.01) -> float | None:
-        """liblsl's current clock correction for this stream (s), or None when not known."""
-        stream = self._stream
-        if stream is None or not stream.connected:
-            return None
+    def clock_offset(self) -> float | None:
+        """liblsl's clock correction for this stream (s), as last measured (about once a
+        second, by the acquisition thread), or None when not known."""
+        return self._offset if self.connected else None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until samples arrived since the last call (or :meth:`notify` was
+        called), at most ``timeout`` seconds; True when something arrived.  What the live
+        loop sleeps on: a chunk wakes it as soon as it is in the buffer."""
+        arrived = self._arrived.wait(timeout)
+        self._arrived.clear()  # samples pushed after this are seen by the caller's next look, or wake the next wait
+        return arrived
+
+    def notify(self) -> None:
+        """Wake a :meth:`wait` (e.g. to stop a loop)."""
+        self._arrived.set()
+
+    # -- acquisition (runs on the acquisition thread) ----------------------------------
+    def _acquire(self, inlet, stop: threading.Event) -> None:
+        """Pull chunks as they arrive, until ``stop``: block in liblsl (without the GIL)
+        for the next sample, then take whatever else is waiting; no polling, so nothing
+        runs while no data comes, and a chunk is in the ring (and wakes :meth:`wait`)
+        within microseconds of reaching the inlet.  An error (a stream lost for good)
+        ends the thread: ``connected`` turns False and the session subscribes again."""
+        from mne_lsl.lsl import local_clock
+
+        max_samples = max(int(self.sfreq), 1024)  # a second per pull at most
+        next_offset = local_clock() + 1.0
+        while not stop.is_set():
+            try:
+                first, t0 = inlet.pull_sample(timeout=PULL_WAIT)
+                now = local_clock()
+                if t0 is not None:
+                    first = np.array(first, dtype=np.float64)[None, :]  # the inlet reuses its buffer
+                    rest, ts = inlet.pull_chunk(timeout=0.0, max_samples=max_samples)
+                    if len(ts):
+                        data = np.concatenate([first, np.asarray(rest, dtype=np.float64)])
+                        stamps = np.concatenate([[t0], np.asarray(ts, dtype=np.float64)])
+                    else:
+                        data, stamps = first, np.array([t0])
+                    self._on_chunk(data, stamps, now)
+                if now >= next_offset:
+                    next_offset = now + 1.0
+                    try:
+                        self._offset = float(inlet.time_correction(timeout=0.0))
+                    except Exception:  # not measured again yet: keep the last estimate
+                        pass
+            except Exception as err:
+                if not stop.is_set():
+                    logger.warning("EEG stream %r: acquisition stopped (%s: %s)", self.name, type(err).__name__, err)
+                    stop.set()
+                    self.notify()
+                break
+
+    def _on_chunk(self, data: np.ndarray, timestamps: np.ndarray, now: float) -> None:
         try:
-            return float(stream._inlet.time_correction(timeout=timeout))  # mne-lsl keeps its inlet private
-        except Exception:  # not measured yet, or the stream is gone
-            return None
-
-    # -- acquisition (runs on mne-lsl's acquisition thread) ----------------------------
-    def _on_chunk(self, data: np.ndarray, timestamps: np.ndarray, info: Any):
-        try:
-            from mne_lsl.lsl import local_clock
-
-            self.push(np.asarray(data), np.asarray(timestamps, dtype=np.float64), local_clock())
-        except Exception as err:  # never let an error disconnect the stream
+            self.push(data, timestamps, now)
+        except Exception as err:  # never let an error stop the acquisition
             self.callback_errors += 1
             logger.error("EEG stream %r: chunk dropped (%s: %s)", self.name, type(err).__name__, err)
-        return data, timestamps
+        self._arrived.set()
 
     def push(self, data: np.ndarray, raw_ts: np.ndarray, now: float) -> None:
         """Append received samples (n, n_channels) with their raw stamps."""
@@ -561,92 +623,36 @@ def announced_image_set(sinfo) -> str | None:
     return value or None
 
 
-class NumericMarkers(_Markers):
-    """Numeric markers through an mne-lsl event stream (``StreamLSL`` on an irregular
-    numeric stream; every chunk is taken from its acquisition callback).  Single-channel
-    streams give their values; multi-channel (one-hot) streams the name of the channel
-    that fires (see :func:`marker_rows`)."""
-
-    def __init__(self, sinfo, *, timeout: float = 5.0):
-        from mne_lsl.stream import StreamLSL
-
-        self.name = sinfo.name
-        self._queue: list[tuple[float, Any]] = []
-        self._lock = threading.Lock()
-        self._stream = StreamLSL(bufsize=256, name=sinfo.name, source_id=sinfo.source_id or None)
-        with warnings.catch_warnings():
-            # marker outlets (PsychoPy, trigger boxes) rarely describe their one channel;
-            # mne-lsl warns and names it itself, which is all a marker stream needs
-            warnings.filterwarnings("ignore", message="Something went wrong while reading the channel description")
-            self._stream.connect(processing_flags=("clocksync",), timeout=timeout, acquisition_delay=0.001)
-        self.ch_names = list(self._stream.info["ch_names"])
-        self.image_set = announced_image_set(self._stream.sinfo)
-        self.one_hot = str(sinfo.stype).lower() == "annotations"
-        if self.one_hot:
-            logger.info("marker stream %r: an annotation stream of %d channel(s), read as one-hot (the channel that "
-                        "fires names the marker: %s)", self.name, len(self.ch_names), ", ".join(self.ch_names[:8])
-                        + (", ..." if len(self.ch_names) > 8 else ""))
-        elif len(self.ch_names) > 1:
-            self._stream.disconnect()
-            raise StreamError(f"marker stream {self.name!r} has {len(self.ch_names)} channels and is not an annotation "
-                              f"stream (its type is {sinfo.stype!r}): send the marker on one channel, or one channel "
-                              "per description with stream type 'annotations' (as 'mne-lsl player --annotations')")
-        self._stream.add_callback(self._on_chunk)
-        self._take_early()
-
-    def _take_early(self) -> None:
-        """mne-lsl starts acquiring when it connects, and a callback can only be added
-        after: markers already waiting in the inlet (sent while the app was connecting) may
-        be acquired before the callback is there.  They are in mne-lsl's buffer: take the
-        ones the callback did not see."""
-        data, ts = self._stream.get_data()  # the whole buffer, oldest first (stamps 0 where empty)
-        rows = np.asarray(data).T
-        with self._lock:
-            seen = {t for t, _ in self._queue}
-            early = [(t, v) for t, values in zip(np.asarray(ts, dtype=float).tolist(), marker_rows(rows, self.ch_names, self.one_hot))
-                     if t > 0 and t not in seen for v in values]
-            self._queue[:0] = early
-
-    def _on_chunk(self, data, timestamps, info):
-        try:
-            events = [(t, v) for t, values in zip(np.asarray(timestamps, dtype=float).tolist(),
-                                                   marker_rows(data, self.ch_names, self.one_hot)) for v in values]
-            with self._lock:
-                self._queue.extend(events)
-        except Exception as err:  # never let an error disconnect the stream
-            logger.error("marker stream %r: chunk dropped (%s)", self.name, err)
-        return data, timestamps
-
-    @property
-    def connected(self) -> bool:
-        return self._stream.connected
-
-    def poll(self) -> list[tuple[float, Any]]:
-        with self._lock:
-            out, self._queue = self._queue, []
-        return out
-
-    def close(self) -> None:
-        if self._stream.connected:
-            try:
-                self._stream.disconnect()
-            except Exception as err:  # pragma: no cover
-                logger.debug("marker disconnect: %s", err)
-
-
-class StringMarkers(_Markers):
-    """String (or any) markers through a plain ``StreamInlet`` with clock correction."""
+class _InletMarkers(_Markers):
+    """A marker stream through a plain ``StreamInlet`` with clock correction, read with
+    :meth:`poll` (a non-blocking pull; markers wait in liblsl's queue until then: no
+    thread, nothing lost)."""
 
     def __init__(self, sinfo, *, timeout: float = 5.0):
         from mne_lsl.lsl import StreamInlet
 
         self.name = sinfo.name
         self._inlet = StreamInlet(sinfo, max_buffered=360, processing_flags=("clocksync",))
-        self._inlet.open_stream(timeout=timeout)
-        self.image_set = announced_image_set(self._inlet.get_sinfo(timeout=timeout))
-        offset = self._inlet.time_correction(timeout=timeout)
-        logger.info("marker stream %r (string): clock offset %.2f ms", self.name, 1000 * offset)
-        self.connected = True
+        try:
+            self._inlet.open_stream(timeout=timeout)
+            full = self._inlet.get_sinfo(timeout=timeout)
+            self.image_set = announced_image_set(full)
+            self._describe(sinfo, full)
+            offset = self._inlet.time_correction(timeout=timeout)
+        except BaseException:
+            self.close()
+            raise
+        logger.info("marker stream %r (%s): clock offset %.2f ms", self.name, sinfo.dtype, 1000 * offset)
+
+    def _describe(self, sinfo, full) -> None:
+        """Read what the stream's description says about its values."""
+
+    def _values(self, data) -> list[list[Any]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def connected(self) -> bool:
+        return self._inlet is not None
 
     def poll(self) -> list[tuple[float, Any]]:
         if self._inlet is None:
@@ -654,17 +660,47 @@ class StringMarkers(_Markers):
         data, ts = self._inlet.pull_chunk(timeout=0.0)
         if not len(ts):
             return []
-        values = [row[0] if isinstance(row, (list, tuple)) else row for row in data]
-        return list(zip(np.asarray(ts, dtype=float).tolist(), values))
+        return [(t, v) for t, values in zip(np.asarray(ts, dtype=float).tolist(), self._values(data)) for v in values]
 
     def close(self) -> None:
         inlet, self._inlet = self._inlet, None
-        self.connected = False
         if inlet is not None:
             try:
                 inlet.close_stream()
             except Exception as err:  # pragma: no cover
                 logger.debug("marker close: %s", err)
+
+
+class NumericMarkers(_InletMarkers):
+    """Numeric markers: single-channel codes give their values; multi-channel (one-hot,
+    mne-lsl's annotation streams) the name of the channel that fires (see
+    :func:`marker_rows`)."""
+
+    def _describe(self, sinfo, full) -> None:
+        with warnings.catch_warnings():
+            # marker outlets (PsychoPy, trigger boxes) rarely describe their one channel;
+            # mne-lsl warns and names it itself, which is all a marker stream needs
+            warnings.filterwarnings("ignore", message="Something went wrong while reading the channel description")
+            self.ch_names = list(full.get_channel_info()["ch_names"])
+        self.one_hot = str(sinfo.stype).lower() == "annotations"
+        if self.one_hot:
+            logger.info("marker stream %r: an annotation stream of %d channel(s), read as one-hot (the channel that "
+                        "fires names the marker: %s)", self.name, len(self.ch_names), ", ".join(self.ch_names[:8])
+                        + (", ..." if len(self.ch_names) > 8 else ""))
+        elif len(self.ch_names) > 1:
+            raise StreamError(f"marker stream {self.name!r} has {len(self.ch_names)} channels and is not an annotation "
+                              f"stream (its type is {sinfo.stype!r}): send the marker on one channel, or one channel "
+                              "per description with stream type 'annotations' (as 'mne-lsl player --annotations')")
+
+    def _values(self, data) -> list[list[Any]]:
+        return marker_rows(data, self.ch_names, self.one_hot)
+
+
+class StringMarkers(_InletMarkers):
+    """String (or any) markers: the first channel of each sample."""
+
+    def _values(self, data) -> list[list[Any]]:
+        return [[row[0] if isinstance(row, (list, tuple)) else row] for row in data]
 
 
 def open_markers(name: str, *, timeout: float = 5.0, source_id: str | None = None,

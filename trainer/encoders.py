@@ -227,8 +227,15 @@ class EEGEncoder(nn.Module):
     def input_linear(self) -> nn.Linear | None:
         """The linear layer applied first, to the flattened ``(C·T)`` input (channel-major),
         when the encoder begins with one; None otherwise.  ``bci-train adapt --adapt input``
-        folds a per-person channel re-mixing into it (:func:`fold_channel_mixing`)."""
+        folds a per-person channel re-mixing into it (:func:`fold_channel_mixing`), and the
+        live decoder averages repetitions after it (it is linear: the mean of its outputs is
+        its output on the mean epoch)."""
         return None
+
+    def after_input_linear(self, h: Tensor) -> Tensor:
+        """The rest of :meth:`encode` on the output of :meth:`input_linear`:
+        ``encode(x) == after_input_linear(input_linear()(x.flatten(1)))``."""
+        raise NotImplementedError(f"{type(self).__name__} has no input linear layer")
 
 
 def fold_channel_mixing(linear: nn.Linear, mixing: Tensor, offset: Tensor, n_chans: int, n_times: int) -> None:
@@ -257,7 +264,10 @@ class ResidualProjection(nn.Module):
         self.norm = nn.LayerNorm(out_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj(x)
+        return self.after_proj(self.proj(x))
+
+    def after_proj(self, x: Tensor) -> Tensor:
+        """Everything after the first ``Linear``."""
         return self.norm(x + self.residual(x))
 
 
@@ -294,6 +304,9 @@ class LinearEncoder(EEGEncoder):
     def input_linear(self) -> nn.Linear:
         return self.linear
 
+    def after_input_linear(self, h: Tensor) -> Tensor:
+        return h
+
 
 @register_encoder("eegproject")
 class EEGProject(EEGEncoder):
@@ -318,6 +331,9 @@ class EEGProject(EEGEncoder):
 
     def input_linear(self) -> nn.Linear:
         return self.head.proj
+
+    def after_input_linear(self, h: Tensor) -> Tensor:
+        return self.head.after_proj(h)
 
 
 @register_encoder("tsconv")

@@ -131,6 +131,15 @@ def _design_sos(sfreq_in: float, l_freq: float | None, h_freq: float | None, ord
     return np.asarray(params["sos"], dtype=np.float64)
 
 
+@lru_cache(maxsize=32)
+def _sos_zi(sfreq_in: float, l_freq: float | None, h_freq: float | None, order: int) -> np.ndarray:
+    """The filter's steady state for a unit step (``sosfilt_zi``; computed once per filter,
+    as the live app asks for it on every epoch)."""
+    zi = scipy.signal.sosfilt_zi(_design_sos(sfreq_in, l_freq, h_freq, order))
+    zi.setflags(write=False)
+    return zi
+
+
 #: the resampling kernel: scipy.signal.resample_poly's Kaiser window and its half-length in
 #: zero crossings of the sinc
 _KAISER_BETA = 5.0
@@ -426,10 +435,10 @@ class PreprocessingSpec:
             raise ValueError(
                 f"windows must be (n, {len(self.channels)}, {n_in}) at {sfreq_in} Hz, got {windows.shape}"
             )
-        x = windows.astype(np.float64, copy=True)
+        x = windows.astype(np.float64, copy=False)  # every step below makes a new array (no view is returned)
         sos = _design_sos(float(sfreq_in), self.l_freq, self.h_freq, self.filter_order)
         if sos is not None and x.shape[0]:
-            zi = scipy.signal.sosfilt_zi(sos)[:, None, None, :] * x[None, :, :, :1]
+            zi = _sos_zi(float(sfreq_in), self.l_freq, self.h_freq, self.filter_order)[:, None, None, :] * x[None, :, :, :1]
             x, _ = scipy.signal.sosfilt(sos, x, axis=-1, zi=zi)
         first, n_needed = self._first, self._n_needed
         if sfreq_in == self.sfreq:  # output k is input sample first_pos + k: a slice

@@ -147,7 +147,7 @@ class LiveWorker(QObject):
 
     def __init__(self, bundle, stream: str, *, markers: str | None = None, device: str = "auto", top_k: int = 5,
                  source_id: str | None = None, timeout: float = 5.0, record: str | None = None,
-                 display_interval: float = 0.04, status_interval: float = 0.5, poll_interval: float = 0.002):
+                 display_interval: float = 0.04, status_interval: float = 0.5, poll_interval: float = 0.05):
         super().__init__()
         self._kwargs = dict(markers=markers, device=device, top_k=top_k, source_id=source_id, timeout=timeout,
                             record=record)
@@ -161,12 +161,21 @@ class LiveWorker(QObject):
     # -- requests from the GUI thread (thread-safe) ----------------------------------
     def stop(self) -> None:
         self._stop.set()
+        self._wake()
 
     def start_recording(self, folder: str) -> None:
         self._commands.put(("record", folder))
+        self._wake()
 
     def stop_recording(self) -> None:
         self._commands.put(("stop-record", None))
+        self._wake()
+
+    def _wake(self) -> None:
+        """The loop sleeps until data comes (:meth:`LiveSession.wait`): wake it for a request."""
+        session = self.session
+        if session is not None:
+            session.source.notify()
 
     # -- the loop -----------------------------------------------------------------------
     @Slot()
@@ -254,7 +263,7 @@ class LiveWorker(QObject):
                 t0, n0 = rate_window[0]
                 rate = (src.n_total - n0) / (now - t0) if now - t0 > 0.4 else None
                 self.status.emit(self._status(session, rate, local_clock()))
-            time.sleep(self.poll_interval)
+            session.wait(self.poll_interval)
 
     def _status(self, session, rate: float | None, now: float) -> dict:
         src = session.source

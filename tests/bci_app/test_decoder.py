@@ -205,3 +205,19 @@ def test_stimulus_map_concepts_with_several_images():
     assert smap("dog_02b.jpg") == 12 and smap("dog_01b") == 11 and smap("00001_dog/dog_02b.jpg") == 12
     assert smap("birds/bird_01b.png") == 14 and smap("bird_01b.png") == 14  # Windows separators
     assert smap(11) == 11 and smap("14") == 14 and smap(1) is None
+
+
+def test_averages_kept_after_the_input_layer_equal_averages_of_the_epochs(bundle, epochs, monkeypatch):
+    """The averages kept as sums of the input layer's outputs (EEGProject) give the
+    predictions of averaging the epochs themselves (the path of encoders without one)."""
+    split = Decoder(bundle, device="cpu", top_k=5)
+    assert split._linear is not None  # the tiny bundle's EEGProject
+    monkeypatch.setattr(Decoder, "_first_layer", lambda self: None)
+    whole = Decoder(bundle, device="cpu", top_k=5)
+    assert whole._linear is None
+    sids = [3, 3, None, 4, 3, 4, 3, 3]
+    for a, b in zip(split.decode(epochs, sids), whole.decode(epochs, sids)):
+        assert (a.topk, a.avg_topk, a.n_averaged) == (b.topk, b.avg_topk, b.n_averaged)
+        np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-6, atol=1e-7)
+        if a.avg_confidence is not None:
+            np.testing.assert_allclose(a.avg_confidence, b.avg_confidence, rtol=1e-5, atol=1e-6)

@@ -221,3 +221,18 @@ def test_register_encoder():
     finally:
         encoders._REGISTRY.pop("tiny-test", None)
     assert "tiny-test" not in list_encoders()
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_after_input_linear_completes_the_input_linear_layer(name):
+    """The live decoder keeps running averages after the input linear layer: the split
+    forward must be the encoder's own forward, and encoders without one say so."""
+    enc = _build(name).eval()
+    x = _x(3, 17, 100)
+    first = enc.input_linear()
+    if first is None:
+        with pytest.raises(NotImplementedError):
+            enc.after_input_linear(torch.zeros(3, EMBED))
+        return
+    with torch.no_grad():
+        torch.testing.assert_close(enc.after_input_linear(first(x.flatten(1))), enc(x), rtol=0, atol=0)
