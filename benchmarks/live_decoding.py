@@ -63,7 +63,11 @@ def throughput(bundle_path: str, session_path: str) -> list[tuple[str, str]]:
     return rows
 
 
-def live(bundle_path: str, session_path: str, seconds: float) -> tuple[list[tuple[str, str]], dict]:
+def live(bundle_path: str, session_path: str, seconds: float,
+         describe: str = "1000 Hz, 63 channels, looped test session") -> tuple[list[tuple[str, str]], dict, dict]:
+    """Replay ``session_path`` (looped) and decode it with ``bci-app --headless`` for
+    ``seconds``: the table rows, the app's summary, and its CPU (mean %, of one core) and
+    memory (max RSS, MiB)."""
     import psutil
 
     name = f"bench-{uuid.uuid4().hex[:8]}"
@@ -96,7 +100,7 @@ def live(bundle_path: str, session_path: str, seconds: float) -> tuple[list[tupl
     d, m = summary["decision_latency"], summary["marker_to_decision_latency"]
     rej = summary["epochs_rejected"]
     rows = [
-        ("replay length", f"{seconds:.0f} s at {1000} Hz, 63 channels, looped test session"),
+        ("replay length", f"{seconds:.0f} s, {describe}"),
         ("epochs decoded / markers seen", f"{summary['epochs_decoded']} / {summary['markers_seen']}"),
         ("epochs rejected (reasons), samples lost, gaps",
          f"{sum(rej.values())} ({', '.join(f'{k}: {v}' for k, v in rej.items() if v) or '-'}), "
@@ -107,7 +111,8 @@ def live(bundle_path: str, session_path: str, seconds: float) -> tuple[list[tupl
         ("app CPU (mean / max of 1 s samples)", f"{np.mean(cpu[2:]):.0f} % / {np.max(cpu[2:]):.0f} % of one core"),
         ("app memory (RSS, max)", f"{np.max(rss):.0f} MiB"),
     ]
-    return rows, summary
+    return rows, summary, {"cpu_mean": float(np.mean(cpu[2:])), "cpu_max": float(np.max(cpu[2:])),
+                           "rss_max": float(np.max(rss))}
 
 
 def main() -> None:
@@ -119,7 +124,7 @@ def main() -> None:
     args = p.parse_args()
     rows = throughput(args.bundle, args.session)
     if not args.skip_live:
-        more, summary = live(args.bundle, args.session, args.seconds)
+        more, summary, _ = live(args.bundle, args.session, args.seconds)
         rows += more
     print("| measure | value |\n|---|---|")
     for k, v in rows:
