@@ -142,7 +142,7 @@ def main() -> None:
 
     print("| case | preprocessing p50 / p99 (ms) | decoding p50 / p99 (ms) | both p50 / p99 (ms) |\n|---|---|---|---|")
     results = {}
-    for kind, label, bundle, fs, c, g in cases:
+    for kind, label, bundle, fs, _c, _g in cases:
         r = compute(bundle, fs)
         results[(kind, label)] = r
         what = f"{label}, 200 images" if kind == "channels" else f"17 ch @ 1000 Hz, {label}"
@@ -154,7 +154,7 @@ def main() -> None:
         print("\n| live case | decision latency p50 / p99 / max (ms) | epochs decoded / markers | app CPU mean (% of a core) "
               "| app memory max (MiB) |\n|---|---|---|---|---|")
         live_cases = [cs for cs in cases if cs[0] == "channels"] + [cs for cs in cases if cs[5] == GALLERIES[-1]]
-        for kind, label, bundle, fs, c, g in live_cases:
+        for _kind, label, bundle, fs, c, g in live_cases:
             rec = make_recording(work / f"rec{c}_{int(fs)}_{g}-raw.fif", c, fs, 60.0, g)
             _, summary, usage = live(str(bundle), str(rec), args.seconds, describe=f"{label}, {g:,} images")
             d = summary["decision_latency"]
