@@ -130,10 +130,12 @@ class Decoder:
         return encoder.input_linear()
 
     def _scores(self, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k ids and confidences of embeddings ``z`` (n, proj_dim), on the device."""
-        probs = torch.softmax((z @ self.gallery.T) / self.temperature, dim=1)
-        conf, idx = torch.topk(probs, self.top_k, dim=1)
-        conf = conf.cpu().numpy()
+        """Top-k ids and confidences of embeddings ``z`` (n, proj_dim), on the device: the
+        softmax of the k best only (``exp(logit - logsumexp)``), so a large gallery's scores
+        are passed over twice (normaliser, top-k) and never copied."""
+        logits = (z @ self.gallery.T) / self.temperature
+        top, idx = torch.topk(logits, self.top_k, dim=1)
+        conf = torch.exp(top - torch.logsumexp(logits, dim=1, keepdim=True)).cpu().numpy()
         if not np.isfinite(conf).all():  # finite epochs, finite weights: cannot happen, never emit it
             raise RuntimeError("the decoder produced non-finite confidences")
         return self.ids[idx.cpu()].numpy(), conf
