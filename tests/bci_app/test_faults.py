@@ -335,9 +335,9 @@ def test_nan_and_inf_marker_values_give_strict_json_lines(tiny_bundle, counter_o
 
 
 def test_markers_sent_while_the_app_connects_are_not_lost(stream_name):
-    """Markers that reach the inlet while the marker stream is being connected (mne-lsl
-    acquires before a callback can be added): formerly lost, now taken from mne-lsl's
-    buffer, each once."""
+    """Markers that reach the inlet while the marker stream is being connected (once lost
+    when an mne-lsl StreamLSL acquired them before our callback was attached): each
+    delivered once."""
     import threading
 
     from mne_lsl.lsl import StreamInfo, StreamOutlet
