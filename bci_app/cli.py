@@ -17,6 +17,7 @@ from typing import Sequence
 from trainer.config import ADAPT_PARTS
 from trainer.errors import BCIError, UsageError, run_command
 
+from .live_loop import decoding_threads
 from .summary import report_summary
 
 __all__ = ["build_parser", "build_replay_parser", "main", "replay_main"]
@@ -285,23 +286,9 @@ def _cmd_live(args: argparse.Namespace) -> int:
         import torch
 
         args.training_threads = torch.get_num_threads()  # torch's own choice, for the demo's first fit
-        _decoding_threads(args.threads)
+        decoding_threads(args.threads)
         return run_window(args)
     return _run_headless(args)
-
-
-def _decoding_threads(n: int) -> None:
-    """Set up this process for low-latency decoding with ``n`` threads: torch's intra-op
-    threads and numpy's BLAS threads (the preprocessing's matrix products; OpenBLAS's
-    default of one thread per core, spinning while it waits, made a 128-channel epoch 10x
-    slower on a busy 2-core machine) both to ``n``, and the GIL handed between threads
-    every 0.5 ms instead of 5 ms (the acquisition thread and the decoding loop share it)."""
-    import threadpoolctl
-    import torch
-
-    sys.setswitchinterval(0.0005)
-    torch.set_num_threads(n)
-    threadpoolctl.threadpool_limits(n, user_api="blas")
 
 
 def _run_headless(args: argparse.Namespace) -> int:
@@ -342,7 +329,7 @@ def _decode_headless(args: argparse.Namespace) -> int:
     from .pipeline import LiveSession
 
     bundle = load_bundle(args.bundle)
-    _decoding_threads(args.threads)
+    decoding_threads(args.threads)
     session = LiveSession(bundle, args.stream, markers=args.markers, device=args.device or "auto",
                           top_k=args.top_k or 5, record=args.record, timeout=args.timeout, source_id=args.source_id)
     session.start()

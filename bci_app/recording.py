@@ -271,8 +271,10 @@ class RecorderFeed:
         if sample is None:
             return None
         k = bisect.bisect_right(self._starts, sample) - 1
+        if k < 0:  # before the recording began (a marker whose window was cut before it started)
+            return None
         end = self._ends[k] if k < len(self._ends) else self.next
-        return sample + self._offsets[k] if k >= 0 and sample < end else None
+        return sample + self._offsets[k] if sample < end else None
 
 
 def _read_vmrk(path: Path) -> list[tuple[int, str]]:

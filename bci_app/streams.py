@@ -642,7 +642,8 @@ class _InletMarkers(_Markers):
         except BaseException:
             self.close()
             raise
-        logger.info("marker stream %r (%s): clock offset %.2f ms", self.name, sinfo.dtype, 1000 * offset)
+        logger.info("marker stream %r (%s): clock offset %.2f ms", self.name,
+                    "strings" if sinfo.dtype == "string" else "numbers", 1000 * offset)
 
     def _describe(self, sinfo, full) -> None:
         """Read what the stream's description says about its values."""

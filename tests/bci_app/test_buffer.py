@@ -263,3 +263,16 @@ def test_at_the_end_samples_held_back_after_a_gap_are_recorded_not_dropped(tmp_p
     np.testing.assert_array_equal(counter, np.arange(1250))
     assert "BAD_gap" in annotations.description
     assert "could not be checked" in caplog.text
+
+
+def test_a_sample_before_the_recording_began_maps_to_none(tmp_path):
+    """A recording started mid-session: a marker whose onset lies before its first sample
+    (its window was cut before the recording began) is not in the recording; asking must
+    not fail (it raised IndexError and ended the session)."""
+    src = _source(bufsize=10.0)
+    _push(src, 0, 1000)
+    rec = SessionRecorder(tmp_path / "rec", CH, SFREQ, flush_interval=0)
+    feed = RecorderFeed(src, rec, 600)
+    feed.feed()
+    assert [feed.recording_sample(k) for k in (0, 599, 600, 999, 1000)] == [None, None, 0, 399, None]
+    rec.close()

@@ -52,7 +52,11 @@ def test_window_decodes_a_replayed_stream_records_and_closes(qtbot, window, tiny
     win.toggle_recording()
     qtbot.waitUntil(lambda: events == ["started", "stopped"], timeout=30000)
     assert win.record_label.text() == "" and not win.record_action.isChecked()
-    assert win.live.session.recorder is None
+    # the decoding process says so too: its next status is not recording
+    statuses = []
+    win.live.status.connect(statuses.append)
+    qtbot.waitUntil(lambda: bool(statuses), timeout=5000)
+    assert statuses[-1]["recording"] is False
 
     qtbot.waitUntil(lambda: bool(win.summary) and win.summary["epochs_decoded"] >= 10, timeout=60000)
     qtbot.waitUntil(lambda: win.figures.labels["epochs"].text() not in ("–", "0"), timeout=5000)
