@@ -282,3 +282,40 @@ def test_markers_without_data_are_rejected_and_counted(tiny_dataset, lead_sessio
     assert summary["epochs_rejected"]["no data"] == 1  # the one the EEG never reached
     assert summary["epochs_rejected"]["before start"] == 1  # the one from before the app connected
     assert summary["epochs_rejected"]["overrun"] == 0 and summary["epochs_pending"] == 0
+
+
+def test_the_loop_sleeps_until_a_chunk_arrives_and_wakes_for_it(stream_name):
+    """EEGSource's acquisition thread blocks in liblsl (no polling) and wakes
+    ``wait`` when a chunk is in the ring; without data ``wait`` sleeps its timeout; a
+    request (``notify``) wakes it; disconnecting ends the thread.  Real LSL outlet."""
+    import time
+
+    from mne_lsl.lsl import StreamInfo, StreamOutlet
+
+    from bci_app.streams import EEGSource
+
+    info = StreamInfo(f"{stream_name}-wake", "EEG", 3, 100.0, "float32", f"{stream_name}-wake-src")
+    info.set_channel_names(["A", "B", "C"])
+    outlet = StreamOutlet(info)
+    src = EEGSource(f"{stream_name}-wake", bufsize=5.0).connect(timeout=10.0)
+    try:
+        assert src.connected and src.clock_offset() is not None
+        src.wait(0.0)  # forget anything before
+        t0 = time.monotonic()
+        assert src.wait(0.3) is False and time.monotonic() - t0 >= 0.25  # nothing came: slept its timeout
+        outlet.wait_for_consumers(timeout=10)
+        outlet.push_chunk(np.arange(30, dtype=np.float32).reshape(10, 3))
+        assert src.wait(10.0) is True
+        deadline = time.monotonic() + 5
+        while src.n_total < 10 and time.monotonic() < deadline:
+            src.wait(0.5)
+        assert src.n_total == 10
+        data, _, _ = src.read(0, 10)
+        np.testing.assert_array_equal(data, np.arange(30).reshape(10, 3))
+        src.notify()
+        t0 = time.monotonic()
+        assert src.wait(5.0) is True and time.monotonic() - t0 < 1.0
+    finally:
+        src.disconnect()
+        del outlet
+    assert not src.connected and src.clock_offset() is None
