@@ -214,6 +214,17 @@ class OnlineEpocher:
             self.rejected[reason] += 1
         return out, rejected
 
+    def next_complete(self) -> int | None:
+        """The sample count (``n_total``) at which the next pending epoch's window is
+        complete: what the live loop may sleep until.  None when a pending marker is not
+        placed yet (any chunk may place it); a large number when nothing is pending."""
+        ends = []
+        for m in self.pending:
+            if m.onset is None:
+                return None
+            ends.append(m.onset + self.start + self.n_in)
+        return min(ends) if ends else 2**62
+
     def _waited(self, first: int, now: float) -> float:
         """Seconds since the window from sample ``first`` was complete (-inf when it has
         left the buffer meanwhile: reading it says ``overrun``)."""

@@ -114,8 +114,9 @@ class LiveLoop:
     """Decode ``stream`` with ``bundle`` until ``stopped()``; report through ``emit``.
 
     ``commands()`` returns the requests that came since the last call: ``("record",
-    folder)`` and ``("stop-record", None)``.  ``wake_interval``: the longest sleep without
-    data (the loop wakes at once when a chunk arrives)."""
+    folder)`` and ``("stop-record", None)``.  ``wake_interval``: the longest sleep between
+    epochs (the loop wakes at once when the chunk completing an epoch arrives, and for the
+    signal view every ``display_interval``)."""
 
     def __init__(self, bundle, stream: str, *, emit: Callable[..., None], stopped: Callable[[], bool],
                  commands: Callable[[], list], display_interval: float = 0.04, status_interval: float = 0.5,
@@ -216,7 +217,7 @@ class LiveLoop:
                 t0, n0 = rate_window[0]
                 rate = (src.n_total - n0) / (now - t0) if now - t0 > 0.4 else None
                 self.emit("status", self._status(session, rate, local_clock()))
-            session.wait(self.wake_interval)
+            session.wait(max(0.0, min(self.wake_interval, next_display - time.monotonic())))
 
     def _status(self, session, rate: float | None, now: float) -> dict:
         src = session.source

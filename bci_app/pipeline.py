@@ -239,11 +239,14 @@ class LiveSession:
 
     # -- one step ---------------------------------------------------------------------
     def wait(self, timeout: float = 0.05) -> bool:
-        """Sleep until new samples are in (at most ``timeout`` s; markers are read by the
-        next :meth:`step`): the live loop is ``while ...: session.wait(); session.step()``,
-        so an epoch is decided as soon as its last chunk arrives, and an idle stream costs
-        no CPU."""
-        return self.source.wait(timeout)
+        """Sleep until the chunk that completes the next pending epoch's window is in (any
+        chunk while a marker is not placed yet), at most ``timeout`` s; markers, the
+        recording and the stream checks are taken care of by the next :meth:`step`.  The
+        live loop is ``while ...: session.wait(); session.step()``: an epoch is decided as
+        soon as its last chunk arrives, and between epochs the loop wakes ``1 / timeout``
+        times a second, not at every chunk."""
+        until = self.epocher.next_complete() if self.epocher is not None else None
+        return self.source.wait(timeout, until)
 
     def note(self, text: str, level: int = logging.WARNING) -> None:
         """Log ``text`` and keep it for the window's event log."""

@@ -187,6 +187,7 @@ class EEGSource:
         self._acquisition: threading.Thread | None = None
         self._stop_acquiring = threading.Event()
         self._arrived = threading.Event()
+        self._wake_at = 0  # wait() is woken once n_total reaches this
         self._offset: float | None = None
         self._lock = threading.Lock()
         self.ch_names: list[str] = []
@@ -283,10 +284,15 @@ class EEGSource:
         second, by the acquisition thread), or None when not known."""
         return self._offset if self.connected else None
 
-    def wait(self, timeout: float) -> bool:
-        """Block until samples arrived since the last call (or :meth:`notify` was
-        called), at most ``timeout`` seconds; True when something arrived.  What the live
-        loop sleeps on: a chunk wakes it as soon as it is in the buffer."""
+    def wait(self, timeout: float, until: int | None = None) -> bool:
+        """Block until samples arrived since the last call (with ``until``: until sample
+        ``until - 1`` arrived, i.e. ``n_total >= until``), or :meth:`notify` was called, at
+        most ``timeout`` seconds; True when woken.  What the live loop sleeps on: the chunk
+        it waits for wakes it as soon as it is in the buffer."""
+        self._wake_at = 0 if until is None else int(until)
+        if until is not None and self.n_total >= until:
+            self._arrived.clear()
+            return True
         arrived = self._arrived.wait(timeout)
         self._arrived.clear()  # samples pushed after this are seen by the caller's next look, or wake the next wait
         return arrived
@@ -338,7 +344,8 @@ class EEGSource:
         except Exception as err:  # never let an error stop the acquisition
             self.callback_errors += 1
             logger.error("EEG stream %r: chunk dropped (%s: %s)", self.name, type(err).__name__, err)
-        self._arrived.set()
+        if self.n_total >= self._wake_at:
+            self._arrived.set()
 
     def push(self, data: np.ndarray, raw_ts: np.ndarray, now: float) -> None:
         """Append received samples (n, n_channels) with their raw stamps."""

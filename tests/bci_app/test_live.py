@@ -312,6 +312,13 @@ def test_the_loop_sleeps_until_a_chunk_arrives_and_wakes_for_it(stream_name):
         assert src.n_total == 10
         data, _, _ = src.read(0, 10)
         np.testing.assert_array_equal(data, np.arange(30).reshape(10, 3))
+        # waiting for a sample: a chunk short of it does not wake the loop, the one with it does
+        outlet.push_chunk(np.zeros((5, 3), dtype=np.float32))
+        assert src.wait(1.0, until=20) is False and src.n_total == 15
+        outlet.push_chunk(np.zeros((5, 3), dtype=np.float32))
+        t0 = time.monotonic()
+        assert src.wait(10.0, until=20) is True and src.n_total == 20 and time.monotonic() - t0 < 5.0
+        assert src.wait(0.0, until=20) is True  # already there
         src.notify()
         t0 = time.monotonic()
         assert src.wait(5.0) is True and time.monotonic() - t0 < 1.0
