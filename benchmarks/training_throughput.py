@@ -6,11 +6,14 @@ paper's input), 1024-d encoder, 512-d shared space, batch 1024.  The EEG comes f
 synthetic full-size set when one is given (``--data``, its official preprocessed training
 file, resampled to 250 samples), otherwise random arrays of the same shape.
 
-    python benchmarks/training_throughput.py [--data DIR] [--encoder eegproject] [--epochs 2] [--threads N]
+    python benchmarks/training_throughput.py [--data DIR] [--encoder eegproject] [--epochs 2] [--threads N] [--precision auto]
 
 ``--n-train 864`` gives the size of the demo's fit (subject 1 of the tiny set, 10 % held
 out): its 50 epochs x 6 layers are most of the demo's first run.  ``--threads`` compares
-torch intra-op thread counts (on a busy machine 1 thread can beat 2).
+torch intra-op thread counts (on a busy machine 1 thread can beat 2).  ``--precision`` is
+``bci-train fit --precision`` (``trainer.fit.train_epoch``'s autocast, repeated here so that
+forward, backward and step can be timed apart); benchmarks/training_peer.py times the
+real ``train_epoch`` against a peer's loop.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from trainer.fit import resolve_precision
 from trainer.losses import clip_loss
 from trainer.model import AlignmentModel, normalised_embedding
 
@@ -46,10 +50,12 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-train", type=int, default=16540, help="training images (default: THINGS-EEG2's 16540)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
+    parser.add_argument("--precision", default="auto", help="auto, bf16 or fp32, as bci-train fit --precision")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    precision = resolve_precision(args.precision, device)
     n, c, t = args.n_train, 17, 250
     if args.data:
         import scipy.signal
@@ -76,8 +82,12 @@ def main(argv=None) -> None:
         model.train()
         order = torch.randperm(n - n_val, device=device)
         for idx in torch.split(order, args.batch_size):
-            loss, dt = _timed(lambda idx=idx: clip_loss(model.embed_brain(x_t[idx]), model.embed_images(f_t[idx]),
-                                                        model.logit_scale()), device)
+            def forward(idx=idx):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    brain, images = model.embed_brain(x_t[idx]), model.embed_images(f_t[idx])
+                return clip_loss(brain.float(), images.float(), model.logit_scale())
+
+            loss, dt = _timed(forward, device)
             times["forward"] += dt
             opt.zero_grad(set_to_none=True)
             _, dt = _timed(loss.backward, device)
@@ -98,7 +108,7 @@ def main(argv=None) -> None:
     per_epoch = float(np.median(epoch_times))
     total = sum(times.values())
     result = {
-        "device": str(device), "threads": torch.get_num_threads(), "encoder": args.encoder, "data": source,
+        "device": str(device), "threads": torch.get_num_threads(), "precision": precision, "encoder": args.encoder, "data": source,
         "train_samples": n - n_val, "batch_size": args.batch_size,
         "seconds_per_epoch": round(per_epoch, 2), "samples_per_second": round((n - n_val) / per_epoch),
         "share": {k: round(v / total, 3) for k, v in times.items()},

@@ -119,6 +119,9 @@ _FIT_HELP = {
     "image_size": "input size for ViT-style backbones built at another resolution (0: the model's own)",
     "layer": "'auto' (chosen on validation concepts), 'final', or a block index",
     "layers": "with --layer auto: comma-separated candidate blocks (and/or 'final'); default ~10 evenly spaced + final",
+    "layer_search": "with --layer auto: 'proxy' scores every candidate by a ridge regression from the EEG to its features "
+                    "on the validation concepts (seconds) and trains only the best; 'full' trains every candidate and "
+                    "keeps the best validation top-1 (one training per candidate)",
     "pooling": "token pooling: mean, cls or mean+cls (CNN stages: global average)",
     "encoder": "EEG encoder",
     "embed_dim": "encoder output size",
@@ -131,6 +134,9 @@ _FIT_HELP = {
     "learn_temperature": "learn the temperature (use --fixed-temperature to keep it fixed)",
     "seed": "random seed",
     "device": "auto, cpu, cuda or cuda:N",
+    "precision": "arithmetic of the training steps: 'bf16' (encoder and projectors under bfloat16 autocast, loss in "
+                 "float32), 'fp32', or 'auto': bf16 on a CUDA GPU that supports it, fp32 elsewhere (validation, test "
+                 "and bundle are float32 in every case)",
     "inter": "leave-one-subject-out: train on all other subjects, test on --subject",
     "train_subjects": "train on these subjects instead: 'all' (the base bundle for new people: see bci-train adapt) or "
                       "comma-separated numbers; tested on --subject",
@@ -268,7 +274,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-_SWEEP_OWN = ("data", "out", "subject", "backbone", "layer", "layers", "seed")
+_SWEEP_OWN = ("data", "out", "subject", "backbone", "layer", "layers", "layer_search", "seed")
 
 
 def _add_sweep_parser(sub) -> None:

@@ -14,8 +14,8 @@ from .datasets import SOURCES
 from .errors import DataFormatError, MissingFileError, UsageError
 from .preprocessing import NAMED_SPECS
 
-__all__ = ["ADAPT_PARTS", "FINAL", "POOLINGS", "FitConfig", "default_cache_dir", "layer_key", "layer_list", "layer_of_key", "option_name",
-           "parse_layer", "parse_subjects"]
+__all__ = ["ADAPT_PARTS", "FINAL", "LAYER_SEARCHES", "POOLINGS", "PRECISIONS", "FitConfig", "default_cache_dir", "layer_key", "layer_list",
+           "layer_of_key", "option_name", "parse_layer", "parse_subjects"]
 
 #: the name of a backbone's own final (pooled pre-logits) embedding among its layers
 FINAL = "final"
@@ -31,6 +31,16 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1.0 / MAX_LOGIT_SCALE, MAX_LOGIT_SCALE
 ADAPT_PARTS = ("all", "head", "projector", "input")
 #: how a transformer layer's tokens are pooled (a CNN stage's map is averaged: "mean"); see trainer.vision
 POOLINGS = ("mean", "cls", "mean+cls")
+#: the arithmetic of the training steps (trainer.fit.resolve_precision): "bf16" runs the
+#: encoder and projectors under bfloat16 autocast (the loss stays float32), "fp32" runs all in
+#: float32, "auto" takes bf16 on a CUDA GPU that supports it and fp32 elsewhere (on a CPU
+#: without native bf16, bf16 is several times slower: docs/benchmarks.md); validation, the
+#: test and the bundle are float32 in every case
+PRECISIONS = ("auto", "bf16", "fp32")
+#: how ``--layer auto`` chooses among the candidate layers: "proxy" scores every candidate by
+#: a closed-form ridge regression from the EEG to its features (trainer.layer_search) and
+#: trains only the best; "full" trains every candidate and keeps the best validation top-1
+LAYER_SEARCHES = ("proxy", "full")
 
 
 def default_cache_dir() -> Path:
@@ -60,6 +70,7 @@ class FitConfig:
     image_size: int = 0
     layer: str = "auto"
     layers: str = ""
+    layer_search: str = "proxy"
     pooling: str = "mean"
     encoder: str = "eegproject"
     embed_dim: int = 1024
@@ -72,6 +83,7 @@ class FitConfig:
     learn_temperature: bool = True
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     inter: bool = False
     train_subjects: str = ""
     val_fraction: float = 0.1
@@ -99,6 +111,8 @@ class FitConfig:
         check_option(self.source, SOURCES, option_name("source"))
         check_option(self.spec, NAMED_SPECS, option_name("spec"))
         check_option(self.pooling, POOLINGS, option_name("pooling"))
+        check_option(self.precision, PRECISIONS, option_name("precision"))
+        check_option(self.layer_search, LAYER_SEARCHES, option_name("layer_search"))
         from .encoders import list_encoders
 
         check_option(self.encoder, list_encoders(), option_name("encoder"))

@@ -1,10 +1,12 @@
 """Shallow-alignment training (``bci-train fit``) and the retrieval evaluation shared with
 ``bci-train eval``.
 
-For each candidate layer of the backbone, an EEG/MEG encoder + linear projector and an
-image-side linear projector are trained with symmetric InfoNCE on (repetition-averaged
-EEG, pooled layer features) pairs.  The best epoch and, with ``--layer auto``, the best
-layer are chosen on *validation concepts* held out from the training set; the test set is
+An EEG/MEG encoder + linear projector and an image-side linear projector are trained with
+symmetric InfoNCE on (repetition-averaged EEG, pooled layer features) pairs.  The best
+epoch and, with ``--layer auto``, the layer are chosen on *validation concepts* held out
+from the training set: by default every candidate layer is scored by a ridge regression
+from the EEG to its features (:mod:`trainer.layer_search`) and only the best is trained;
+``--layer-search full`` trains one model per candidate and keeps the best.  The test set is
 only evaluated once, for the chosen model.
 
 The run folder (``--out``) receives the bundle, ``config.json`` and ``metrics.json``, and
@@ -37,13 +39,14 @@ from .data.splits import validation_split
 from .datasets import SubjectData, load_fit_data
 from .errors import UsageError
 from .files import atomic_path, atomic_write_text
+from .layer_search import choose_layer, ridge_layer_scores
 from .losses import clip_loss
 from .metrics import kway_accuracy, topk_accuracy
 from .model import AlignmentModel, embed_epochs, normalised_embedding
 from .progress import JobProgress, Progress
 
 __all__ = ["FitConfig", "checkpoint_dir", "default_cache_dir", "evaluate_bundle", "evaluate_retrieval", "fit",
-           "parse_layer"]
+           "parse_layer", "resolve_precision", "train_epoch"]
 
 logger = logging.getLogger("trainer")
 
@@ -203,6 +206,39 @@ class _Split:
                    x_val=data.train[val_rows], val_images=val_images, val_targets=val_targets)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``--precision`` as the training steps run it: "bf16" or "fp32"; "auto" is bf16 on a
+    CUDA GPU that supports it and fp32 elsewhere (on a CPU without native bf16, autocast
+    runs the linear layers several times slower than fp32: docs/benchmarks.md)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def train_epoch(model: AlignmentModel, opt: torch.optim.Optimizer, x: torch.Tensor, features: torch.Tensor,
+                batches: list[torch.Tensor], precision: str) -> float:
+    """One epoch of symmetric-InfoNCE steps, one per index tensor of ``batches`` (rows of
+    ``x`` and ``features``, on their device); the mean loss per sample.
+
+    With ``precision`` "bf16" the encoder and both projectors run under bfloat16 autocast
+    (their linear layers multiply in bfloat16; the ops between them follow autocast's rules
+    for the device; the weights and the optimiser state stay float32) and the loss, with its
+    softmax, is computed in float32; "fp32" runs everything in float32, as training always
+    did.  The losses stay on the device until the epoch ends: no step waits for the host."""
+    losses = []
+    for idx in batches:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            brain, images = model.embed_brain(x[idx]), model.embed_images(features[idx])
+        loss = clip_loss(brain.float(), images.float(), model.logit_scale())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.logit_scale.clamp_()
+        losses.append(loss.detach())
+    # summed on the host in float64, batch by batch, as the loss was always reported
+    return sum(value * len(idx) for value, idx in zip(torch.stack(losses).cpu().tolist(), batches)) / sum(map(len, batches))
+
+
 def _train_layer(
     cfg: FitConfig,
     layer: str | int,
@@ -221,7 +257,11 @@ def _train_layer(
     torch.manual_seed(cfg.seed)
     model = AlignmentModel(enc_cfg, features.shape[1], cfg.proj_dim, temperature=cfg.temperature,
                            learn_temperature=cfg.learn_temperature).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused AdamW on a GPU (one kernel for all parameters); on a CPU the default, whose
+    # results a fused step would not reproduce bit for bit
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+    precision = resolve_precision(cfg.precision, device)
+    logger.debug("%s: training steps in %s on %s", layer_key(layer), precision, device)
     # the whole training set lives on the device as tensors: no per-sample Python loop
     x_fit, x_val, val_targets = split.x_fit, split.x_val, split.val_targets
     # image features standardised with the statistics of the fitting images (pooled
@@ -252,19 +292,12 @@ def _train_layer(
     for epoch in range(start, cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
-        for idx in torch.tensor_split(order, n_batches):
-            loss = clip_loss(model.embed_brain(x_fit[idx]), model.embed_images(f_fit[idx]), model.logit_scale())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model.logit_scale.clamp_()
-            total += float(loss.detach()) * len(idx)
+        loss = train_epoch(model, opt, x_fit, f_fit, list(torch.tensor_split(order, n_batches)), precision)
         model.eval()
         with torch.inference_mode():
             gal = normalised_embedding(model.embed_images, f_val).cpu().numpy()
         val = topk_accuracy(embed_epochs(model.embed_brain, x_val, device=device) @ gal.T, val_targets)["top1"]
-        result.history.append({"epoch": epoch, "loss": total / n, "val_top1": val,
+        result.history.append({"epoch": epoch, "loss": loss, "val_top1": val,
                                "temperature": float(model.logit_scale.temperature)})
         if val > result.best_val_top1:
             result.best_val_top1, result.best_epoch = val, epoch
@@ -479,20 +512,35 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     keys = [layer_key(k) for k in candidates]
     concepts = data.train_images.concept_index[data.train_image_ids]
     fit_rows, val_rows = validation_split(concepts, fraction=cfg.val_fraction, seed=cfg.seed)
-    job = _job(cfg, backbone, data, len(fit_rows), keys, progress)
+    # a single candidate needs no search; the proxy trains one layer, the full search all
+    search = "fixed" if len(candidates) == 1 else cfg.layer_search
+    job = _job(cfg, backbone, data, len(fit_rows), ["chosen layer"] if search == "proxy" else keys, progress)
     cache.mkdir(parents=True, exist_ok=True)
     feats_train, feats_test = image_features(backbone, cfg, data.train_images, data.test_images, candidates, cache,
                                             report=job.callback("features"))
     if job.fraction["features"] == 0:
         job.skip("features")  # all cached
+    split = _Split.of(data, fit_rows, val_rows, device)
+    proxy: dict[str, dict] = {}
+    if search == "proxy":  # training rows only: the test features stay untouched until the chosen model is tested
+        scores = ridge_layer_scores(data.train[fit_rows], split.x_val, {k: feats_train[k][split.fit_images] for k in keys},
+                                    {k: feats_train[k][split.val_images] for k in keys}, split.val_targets)
+        proxy = {s.layer: s.to_dict() for s in scores}
+        for s in scores:
+            logger.info("%s: ridge proxy mean rank %.3f, top-1 %.3f (alpha %g)", s.layer, s.mean_rank, s.top1, s.alpha)
+        trained = [candidates[keys.index(choose_layer(scores))]]
+        labels = ["chosen layer (1/1)"]
+    else:
+        trained = candidates
+        labels = [f"{key} ({i + 1}/{len(keys)})" for i, key in enumerate(keys)]
     results = []
     best: tuple[LayerResult, AlignmentModel] | None = None
-    split = _Split.of(data, fit_rows, val_rows, device)
     atomic_write_text(ckpts / "run.json", json.dumps({"out": str(out.resolve())}) + "\n")  # whose checkpoints these are
     extra = {"backbone": backbone.weights_id, "n_train": len(data.train), "spec": data.spec.to_dict()}
-    for i, (layer, key) in enumerate(zip(candidates, keys)):
+    for layer, label in zip(trained, labels):
+        key = layer_key(layer)
         res, model = _train_layer(cfg, layer, data, feats_train[key], split, device, ckpts,
-                                  _fingerprint(cfg, key, extra), job, f"{key} ({i + 1}/{len(keys)})")
+                                  _fingerprint(cfg, key, extra), job, label)
         results.append(res)
         logger.info("%s (depth %s): best validation top-1 %.3f at epoch %d", key,
                     "final" if layer == "final" else f"{(layer + 1) / backbone.n_layers:.2f}", res.best_val_top1, res.best_epoch)
@@ -500,10 +548,17 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
             best = (res, model)
     chosen, model = best
     job.update("bundle", 0, 1, f"testing {layer_key(chosen.layer)} and writing the bundle")
-    metrics = _test_and_save(cfg, out, data, backbone, model, chosen, feats_test[layer_key(chosen.layer)], device)
+    metrics = _test_and_save(cfg, out, data, backbone, model, chosen, feats_test[layer_key(chosen.layer)], device,
+                             layer_search=search)
+    val_top1 = {layer_key(r.layer): r for r in results}
     metrics.update({
         "n_val_concepts": int(len(np.unique(concepts[val_rows]))),
-        "layer_sweep": [{"layer": r.layer, "val_top1": r.best_val_top1, "best_epoch": r.best_epoch} for r in results],
+        "layer_search": search,
+        # every candidate; the proxy's scores for each, validation top-1 for each trained one
+        "layer_sweep": [dict({"layer": layer}, **proxy.get(key, {}),
+                             **({"val_top1": val_top1[key].best_val_top1, "best_epoch": val_top1[key].best_epoch}
+                                if key in val_top1 else {}))
+                        for layer, key in zip(candidates, keys)],
         "history": chosen.history,
         "seconds": round(time.perf_counter() - started, 1),
     })
@@ -514,7 +569,7 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
 
 
 def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model: AlignmentModel, chosen: LayerResult,
-                   gallery_features: np.ndarray, device: torch.device) -> dict[str, Any]:
+                   gallery_features: np.ndarray, device: torch.device, *, layer_search: str = "fixed") -> dict[str, Any]:
     """Evaluate the chosen model on the test set (once) and write the bundle; the test metrics."""
     with torch.inference_mode():
         gallery = normalised_embedding(model.embed_images, torch.from_numpy(gallery_features).to(device)).cpu().numpy()
@@ -546,7 +601,7 @@ def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model
         layer=chosen.layer,
         pooling=cfg.pooling,
         provenance={"data": str(Path(cfg.data).expanduser().resolve()), "subject": cfg.subject, "inter": cfg.inter,
-                    "train_subjects": data.subjects_train, "source": data.source, "seed": cfg.seed,
+                    "train_subjects": data.subjects_train, "source": data.source, "seed": cfg.seed, "layer_search": layer_search,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__},
         metrics={k: metrics[k] for k in ("n_way", "averaged", "single_trial", "kway", "layer", "val_top1")},
     )

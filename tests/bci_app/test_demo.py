@@ -120,7 +120,8 @@ def test_demo_started_again_resumes_then_decodes(first_run):
 @pytest.mark.slow
 def test_demo_bundle_is_the_default_recipe_far_above_chance(first_run, capsys):
     """The issue's acceptance run: the paper's defaults (EEGProject, 50 epochs, batch 1024,
-    every stage and the final layer tried, chosen on validation concepts) on the tiny set,
+    the layer chosen among every stage and the final layer by the ridge proxy on validation
+    concepts) on the tiny set,
     with the only weights a fresh offline machine has (random resnet10t), is far above
     chance; eval --bundle reproduces it from the bundle alone."""
     from trainer.cli import main
