@@ -156,9 +156,10 @@ def main() -> None:
         live_cases = [cs for cs in cases if cs[0] == "channels"] + [cs for cs in cases if cs[5] == GALLERIES[-1]]
         for _kind, label, bundle, fs, c, g in live_cases:
             rec = make_recording(work / f"rec{c}_{int(fs)}_{g}-raw.fif", c, fs, 60.0, g)
-            _, summary, usage = live(str(bundle), str(rec), args.seconds, describe=f"{label}, {g:,} images")
+            stream = label if _kind == "channels" else STREAMS[0][0]
+            _, summary, usage = live(str(bundle), str(rec), args.seconds, describe=f"{stream}, {g:,} images")
             d = summary["decision_latency"]
-            print(f"| {label}, {g:,} images | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} / {d['max_ms']:.2f} | "
+            print(f"| {stream}, {g:,} images | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} / {d['max_ms']:.2f} | "
                   f"{summary['epochs_decoded']} / {summary['markers_seen']} | {usage['cpu_mean']:.0f} | "
                   f"{usage['rss_max']:.0f} |")
 

@@ -138,8 +138,8 @@ class LiveWorker(QObject):
     failed = Signal(str)
     finished = Signal(dict)
 
-    #: seconds the decoding process gets to finish (close its streams and its recording)
-    #: once asked to stop, before it is terminated
+    #: seconds the decoding process gets to finish (close its streams) once asked to stop,
+    #: before it is terminated (not while it records: a recording is finished whatever it takes)
     STOP_TIMEOUT = 20.0
 
     def __init__(self, bundle, stream: str, *, markers: str | None = None, device: str = "auto", top_k: int = 5,
@@ -191,18 +191,22 @@ class LiveWorker(QObject):
             except (BrokenPipeError, EOFError, OSError):  # the process is gone: the loop below says so
                 pass
 
-        stop_deadline, summary, connected = None, None, False
+        stop_sent, stop_deadline, summary, connected = False, None, None, False
+        recording = self._options["record"] is not None
         try:
             while summary is None:
-                if self._stop.is_set() and stop_deadline is None:
+                if self._stop.is_set() and not stop_sent:
                     tell("stop")
-                    stop_deadline = time.monotonic() + self.STOP_TIMEOUT
-                    if not connected and self._options["record"] is None:
+                    stop_sent = True
+                    # a recording being finished is waited for as long as it takes (the
+                    # window waits too): terminated, it would leave a journal, not a FIF
+                    stop_deadline = None if recording else time.monotonic() + self.STOP_TIMEOUT
+                    if not connected and not recording:
                         # still starting or looking for the streams, nothing to lose: no
                         # need to wait for its imports or its next look at the network
                         stop_deadline = time.monotonic() + 0.2
                         self._quiet_stop = True
-                while stop_deadline is None:
+                while not stop_sent:
                     try:
                         tell(*self._requests.get_nowait())
                     except queue.Empty:
@@ -214,6 +218,8 @@ class LiveWorker(QObject):
                             summary = args[0]
                         else:
                             connected = connected or kind == "connected"
+                            if kind == "recording":
+                                recording = args[0] == "started"
                             getattr(self, kind).emit(*args)
                         continue
                 except (EOFError, OSError):
