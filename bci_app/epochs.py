@@ -215,8 +215,8 @@ class OnlineEpocher:
         return out, rejected
 
     def next_complete(self) -> int | None:
-        """The sample count (``n_total``) at which the next pending epoch's window is
-        complete: what the live loop may sleep until.  None when a pending marker is not
+        """The number of available samples (``source.available``) with which the next
+        pending epoch's window is complete: what the live loop may sleep until.  None when a pending marker is not
         placed yet (any chunk may place it); a large number when nothing is pending."""
         ends = []
         for m in self.pending:

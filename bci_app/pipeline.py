@@ -1,9 +1,10 @@
 """The live pipeline: streams -> online epochs -> decoder -> results (+ recording).
 
 :class:`LiveSession` is what the headless app runs in its main loop and what the desktop
-app runs on a worker thread: call :meth:`LiveSession.step` after each :meth:`LiveSession.wait`
-(which returns when a chunk arrives); it returns the decoded epochs as plain dicts (the
-JSON lines of ``bci-app --headless``).
+app runs in its decoding process (:mod:`bci_app.live_loop`): call :meth:`LiveSession.step`
+after each :meth:`LiveSession.wait` (which returns when the chunk completing the next epoch
+arrives); it returns the decoded epochs as plain dicts (the JSON lines of ``bci-app
+--headless``).
 It waits on the network only while the EEG stream is gone: once a second it looks the
 stream up again by name (0.2 s).  It notices a stream that stops (``stalled``), keeps
 what it recorded, and goes on when the stream comes back (liblsl reconnects to the same

@@ -6,7 +6,8 @@
   thread blocks in liblsl until samples arrive (no polling: an idle stream costs nothing)
   and copies every chunk, exactly once, into a ring buffer that counts samples from the
   connection on (``n_total``), with each sample's time and the local time it arrived;
-  :meth:`EEGSource.wait` wakes the live loop as soon as a chunk is in.  Sample times come from the raw, clock-corrected stamps through a
+  :meth:`EEGSource.wait` wakes the live loop as soon as the chunk it waits for is in.
+  Sample times come from the raw, clock-corrected stamps through a
   :class:`~bci_app.timeline.Timeline` (not liblsl's dejitter, which smears jumps into
   minutes of wrong stamps), which finds the *gaps*: samples lost, a restart, a clock
   jump.  After a gap or a stall the stream's identity is checked again (a restarted
@@ -187,7 +188,7 @@ class EEGSource:
         self._acquisition: threading.Thread | None = None
         self._stop_acquiring = threading.Event()
         self._arrived = threading.Event()
-        self._wake_at = 0  # wait() is woken once n_total reaches this
+        self._wake_at = 0  # wait() is woken once this many samples are available (0: by any chunk)
         self._offset: float | None = None
         self._lock = threading.Lock()
         self.ch_names: list[str] = []
@@ -285,12 +286,14 @@ class EEGSource:
         return self._offset if self.connected else None
 
     def wait(self, timeout: float, until: int | None = None) -> bool:
-        """Block until samples arrived since the last call (with ``until``: until sample
-        ``until - 1`` arrived, i.e. ``n_total >= until``), or :meth:`notify` was called, at
-        most ``timeout`` seconds; True when woken.  What the live loop sleeps on: the chunk
-        it waits for wakes it as soon as it is in the buffer."""
+        """Block until samples arrived since the last call (with ``until``: until samples
+        up to ``until - 1`` are available, i.e. ``available >= until``), or :meth:`notify`
+        was called, at most ``timeout`` seconds; True when woken.  What the live loop
+        sleeps on: the chunk it waits for wakes it as soon as it is in the buffer.
+        (Samples held back after a gap do not wake it: the loop looks again after
+        ``timeout``, never spinning.)"""
         self._wake_at = 0 if until is None else int(until)
-        if until is not None and self.n_total >= until:
+        if until is not None and self.available >= until:
             self._arrived.clear()
             return True
         arrived = self._arrived.wait(timeout)
@@ -344,7 +347,7 @@ class EEGSource:
         except Exception as err:  # never let an error stop the acquisition
             self.callback_errors += 1
             logger.error("EEG stream %r: chunk dropped (%s: %s)", self.name, type(err).__name__, err)
-        if self.n_total >= self._wake_at:
+        if self._wake_at == 0 or self.available >= self._wake_at:
             self._arrived.set()
 
     def push(self, data: np.ndarray, raw_ts: np.ndarray, now: float) -> None:

@@ -290,7 +290,7 @@ def test_the_loop_sleeps_until_a_chunk_arrives_and_wakes_for_it(stream_name):
     request (``notify``) wakes it; disconnecting ends the thread.  Real LSL outlet."""
     import time
 
-    from mne_lsl.lsl import StreamInfo, StreamOutlet
+    from mne_lsl.lsl import StreamInfo, StreamOutlet, local_clock
 
     from bci_app.streams import EEGSource
 
@@ -304,7 +304,12 @@ def test_the_loop_sleeps_until_a_chunk_arrives_and_wakes_for_it(stream_name):
         t0 = time.monotonic()
         assert src.wait(0.3) is False and time.monotonic() - t0 >= 0.25  # nothing came: slept its timeout
         outlet.wait_for_consumers(timeout=10)
-        outlet.push_chunk(np.arange(30, dtype=np.float32).reshape(10, 3))
+        base = local_clock() - 1.0  # regular stamps at 100 Hz (the timeline sees no gap between the chunks)
+
+        def push(data, first, outlet=outlet):
+            outlet.push_chunk(data, timestamp=base + (first + np.arange(len(data))) / 100.0)
+
+        push(np.arange(30, dtype=np.float32).reshape(10, 3), 0)
         assert src.wait(10.0) is True
         deadline = time.monotonic() + 5
         while src.n_total < 10 and time.monotonic() < deadline:
@@ -313,9 +318,9 @@ def test_the_loop_sleeps_until_a_chunk_arrives_and_wakes_for_it(stream_name):
         data, _, _ = src.read(0, 10)
         np.testing.assert_array_equal(data, np.arange(30).reshape(10, 3))
         # waiting for a sample: a chunk short of it does not wake the loop, the one with it does
-        outlet.push_chunk(np.zeros((5, 3), dtype=np.float32))
+        push(np.zeros((5, 3), dtype=np.float32), 10)
         assert src.wait(1.0, until=20) is False and src.n_total == 15
-        outlet.push_chunk(np.zeros((5, 3), dtype=np.float32))
+        push(np.zeros((5, 3), dtype=np.float32), 15)
         t0 = time.monotonic()
         assert src.wait(10.0, until=20) is True and src.n_total == 20 and time.monotonic() - t0 < 5.0
         assert src.wait(0.0, until=20) is True  # already there
