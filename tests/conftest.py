@@ -15,6 +15,8 @@ import pytest  # noqa: E402
 
 # features and epochs are cached here, never in the user's home
 os.environ["SHALLOW_BCI_CACHE"] = tempfile.mkdtemp(prefix="shallow-bci-test-cache-")
+# transformers copies a model folder's own code (trust_remote_code) here, not into the home
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="shallow-bci-hf-modules-")
 
 # liblsl (loaded later, by mne-lsl) reads this: resolve streams on this machine only, quietly
 _LSL_CFG = os.path.join(tempfile.mkdtemp(prefix="shallow-bci-lsl-"), "lsl_api.cfg")

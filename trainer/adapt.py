@@ -447,7 +447,7 @@ def _scores(brain, x: np.ndarray, targets: np.ndarray, gallery: torch.Tensor, sc
 
 
 def _image_targets(bundle, images: list[ImageRef], *, weights: str | None, device, cache: Path,
-                   progress: Callable | None) -> torch.Tensor:
+                   progress: Callable | None, trust_remote_code: bool = False) -> torch.Tensor:
     """The bundle's normalised image embeddings of ``images`` (its backbone, layer,
     pooling and image projector; features cached)."""
     from .config import layer_key
@@ -456,7 +456,8 @@ def _image_targets(bundle, images: list[ImageRef], *, weights: str | None, devic
     from .vision import cached_features
 
     try:
-        backbone, projector = bundle.image_side("adapted", weights=weights, device=device)
+        backbone, projector = bundle.image_side("adapted", weights=weights, device=device,
+                                                trust_remote_code=trust_remote_code)
     except (OSError, RuntimeError) as err:
         info = bundle.config["backbone"]
         raise BCIError(f"the bundle's backbone {info['name']} with weights {weights or info.get('weights') or 'hub'!r} "
@@ -493,6 +494,7 @@ def adapt_bundle(
     seed: int = 0,
     device: str = "auto",
     weights: str | None = None,
+    trust_remote_code: bool = False,
     image_set: str | None = None,
     cache: str | Path | None = None,
     overwrite: bool = False,
@@ -522,6 +524,8 @@ def adapt_bundle(
         Share of calibration concepts held out (at least :data:`MIN_VAL_CONCEPTS`).
     weights : str | None
         Where the backbone's weights are (default: as the bundle records).
+    trust_remote_code : bool
+        Let an hf: backbone whose folder ships its own model code run it.
     progress : callable | None
         ``progress(phase, done, total)``; it may raise to cancel (nothing is written then).
 
@@ -584,7 +588,7 @@ def adapt_bundle(
                 len(trials.epochs), len(trials.images), len(set(trials.concepts.tolist())), n_val_concepts,
                 trials.minutes, len(paths))
     targets = _image_targets(bundle, trials.images, weights=weights, device=device, cache=cache_dir,
-                             progress=report).to(device)
+                             progress=report, trust_remote_code=trust_remote_code).to(device)
 
     torch.manual_seed(seed)
     brain = BrainEmbedder(dict(bundle.brain.encoder_config), bundle.brain.proj_dim)  # a copy: bundle.brain stays

@@ -131,11 +131,13 @@ class Bundle:
         model, device = self.brain_on(device)
         return embed_epochs(model, epochs, device=device, batch_size=batch_size)
 
-    def image_side(self, purpose: str, *, weights: str | None = None, device: str | torch.device = "auto"):
+    def image_side(self, purpose: str, *, weights: str | None = None, device: str | torch.device = "auto",
+                   trust_remote_code: bool = False):
         """(backbone, image projector) of this bundle, for embedding other images as its
         gallery was (``purpose``, e.g. "re-targeted", words the error of a bundle without
         its image projector).  The backbone is the one the bundle records, loaded from
-        ``weights`` (default: where it records) and checked by its weights id."""
+        ``weights`` (default: where it records) and checked by its weights id;
+        ``trust_remote_code`` as :func:`trainer.vision.load_backbone` takes it."""
         from .errors import BCIError
         from .vision import load_backbone
 
@@ -145,7 +147,7 @@ class Bundle:
         info = self.config["backbone"]
         size = info.get("image_size") or 0
         backbone = load_backbone(info["name"], weights or info.get("weights") or "hub", device=device, seed=0,
-                                 model_kwargs={"img_size": size} if size else None)
+                                 model_kwargs={"img_size": size} if size else None, trust_remote_code=trust_remote_code)
         if info.get("weights_id") and backbone.weights_id != info["weights_id"]:
             raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
                            f"({info['weights_id']}); pass the same weights file with --weights")
@@ -415,7 +417,7 @@ def _check_config(config: dict, cfg_path: Path) -> tuple[dict, int, int, float, 
     backbone = _need(config, "backbone", dict, cfg_path)
     if not isinstance(backbone.get("name"), str) or not backbone["name"]:
         raise DataFormatError(cfg_path, "backbone.name", "must be a non-empty string")
-    for key in ("weights", "weights_id", "preprocessing_id"):
+    for key in ("provider", "weights", "weights_id", "preprocessing_id"):
         _optional(backbone, key, str, cfg_path, f"backbone.{key}")
     for key in ("image_size", "n_layers", "n_params"):
         _optional(backbone, key, int, cfg_path, f"backbone.{key}", check=non_negative, problem="must be >= 0")
@@ -601,6 +603,7 @@ def retarget_bundle(
     weights: str | None = None,
     device: str = "auto",
     batch_size: int = 32,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Copy a bundle to ``out`` with a new gallery: the given image files, embedded with the
     bundle's backbone, layer, pooling and image projector.
@@ -608,7 +611,8 @@ def retarget_bundle(
     The backbone's weights must be the ones the bundle was trained with (checked by their
     id); ``weights`` overrides where they are loaded from (default: as recorded).  ``ids``
     default to 1..N (the marker codes the app will match), ``concepts`` to each file's
-    parent folder name.
+    parent folder name.  ``trust_remote_code``: as :func:`trainer.vision.load_backbone`
+    takes it (an hf: backbone whose folder ships its own code).
     """
     from .config import layer_key
     from .data.images import open_rgb
@@ -631,7 +635,8 @@ def retarget_bundle(
     if len(ids) != len(paths) or len(concepts) != len(paths):
         raise UsageError(f"ids and concepts must give one id and one concept per image ({len(paths)} images, "
                          f"{len(ids)} ids, {len(concepts)} concepts)")
-    backbone, projector = bundle.image_side("re-targeted", weights=weights, device=device)
+    backbone, projector = bundle.image_side("re-targeted", weights=weights, device=device,
+                                            trust_remote_code=trust_remote_code)
     layer = bundle.config["layer"]
     key = layer_key(layer)
     feats = extract_features(backbone, paths, [layer], pooling=bundle.config["pooling"], batch_size=batch_size)[key]

@@ -55,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_parser(sub)
     _add_sweep_parser(sub)
     p = sub.add_parser(
+        "backbones", help="describe backbones: provider, layers, parameters (without loading weights)",
+        description="For each backbone name (a timm model, or hf:FOLDER for a local transformers model folder), "
+                    "what fit would see: its provider, the kind of its layers, how many layers --layer can index, "
+                    "its parameter count and input size. The architecture is built without weights or memory "
+                    "(PyTorch's meta device), so the largest models are described in seconds on any machine.")
+    p.add_argument("names", nargs="+", help="backbone names")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let an hf: folder that ships its own model code run it (it runs with your rights)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per backbone")
+    p = sub.add_parser(
         "pretrain", help="pretrain a timm backbone on the training concepts (when no pretrained weights exist)",
         description="Train a timm backbone from random initialisation to classify the TRAINING concepts of an "
                     "image set, and save a timm state dict (safetensors) that 'bci-train fit --weights FILE' "
@@ -93,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively: jpg, jpeg, png)")
     p.add_argument("--out", type=Path, required=True, help="new bundle folder")
     p.add_argument("--weights", default=None, help="where to load the backbone weights from (default: as recorded)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let an hf: backbone whose folder ships its own model code run it (it runs with your rights)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
     _add_adapt_parser(sub)
@@ -114,8 +126,12 @@ _FIT_HELP = {
     "source": "epochs from 'raw' sessions with --spec (what the live app reproduces), the official "
               "'preprocessed' files, or 'meg'; 'auto' takes raw when there is raw data",
     "spec": "preprocessing spec for raw data: paper (17 ch, 250 Hz, 0-1 s), 63ch-250hz, official",
-    "backbone": "timm model name (any model with forward_intermediates)",
-    "weights": "backbone weights: 'hub', 'random' (tests, demo) or a local weights file",
+    "backbone": "timm model name (any model with forward_intermediates), or hf:FOLDER, a local Hugging Face transformers "
+                "vision model folder (config.json, weights, preprocessor_config.json)",
+    "weights": "backbone weights: 'hub' (for hf: backbones the folder's own), 'random' (tests, demo) or a local weights "
+               "file (for hf: backbones, the folder the model has moved to)",
+    "trust_remote_code": "let an hf: backbone whose folder ships its own model code (InternViT-6B's does) run that code; "
+                         "it runs with your rights: read it first",
     "image_size": "input size for ViT-style backbones built at another resolution (0: the model's own)",
     "layer": "'auto' (chosen on validation concepts), 'final', or a block index",
     "layers": "with --layer auto: comma-separated candidate blocks (and/or 'final'); default ~10 evenly spaced + final",
@@ -179,8 +195,8 @@ def _add_config_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = (
         if f.name == "learn_temperature":
             p.add_argument("--fixed-temperature", dest="learn_temperature", action="store_false", default=None,
                            help="keep the temperature fixed at --temperature")
-        elif f.name == "inter":
-            p.add_argument(flag, dest="inter", action="store_true", default=None, help=text)
+        elif f.name in ("inter", "trust_remote_code"):
+            p.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
         else:
             p.add_argument(flag, dest=f.name, type=type(default) if default != "" else str, default=None,
                            help=f"{text} (default: {default!r})" if default != "" else text,
@@ -237,6 +253,8 @@ def _add_adapt_parser(sub) -> None:
                    help="the image part numeric markers count in (default: as the recording says; label markers "
                         "need none)")
     p.add_argument("--weights", default=None, help="where to load the backbone weights from (default: as the bundle records)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let an hf: backbone whose folder ships its own model code run it (it runs with your rights)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--cache", type=Path, default=None,
@@ -255,8 +273,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         s = adapt_bundle(args.bundle, args.recording, args.images, args.out, adapt=args.adapt,
                          from_scratch=args.from_scratch, epochs=args.epochs, patience=args.patience, lr=args.lr,
                          batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed, device=args.device,
-                         weights=args.weights, image_set=args.image_set, cache=args.cache, overwrite=args.overwrite,
-                         progress=progress)
+                         weights=args.weights, trust_remote_code=args.trust_remote_code, image_set=args.image_set,
+                         cache=args.cache, overwrite=args.overwrite, progress=progress)
     if args.json:
         print(json.dumps({k: v for k, v in s.items() if k != "history"}, indent=2))
         return 0
@@ -387,7 +405,8 @@ def _cmd_retarget(args: argparse.Namespace) -> int:
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.is_file())
     if not paths:
         raise UsageError(f"--images: no .jpg/.jpeg/.png files in {args.images}")
-    out = retarget_bundle(args.bundle, args.out, paths, weights=args.weights, device=args.device)
+    out = retarget_bundle(args.bundle, args.out, paths, weights=args.weights, device=args.device,
+                          trust_remote_code=args.trust_remote_code)
     print(f"wrote {out} with a gallery of {len(paths)} images")
     return 0
 
@@ -421,6 +440,26 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return _cmd_info(argparse.Namespace(data=args.out))
 
 
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    import json
+
+    from .vision import describe_backbone
+
+    rows = [describe_backbone(name, trust_remote_code=args.trust_remote_code and name.startswith("hf:"))
+            for name in args.names]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'backbone':<{width}}  provider  kind  layers  parameters  input")
+    for r in rows:
+        size = "x".join(str(v) for v in r["input_size"][1:])
+        print(f"{r['name']:<{width}}  {r['provider']:<8}  {r['kind']:<4}  {r['n_layers']:>6}  {r['n_params'] / 1e6:>9.1f}M"
+              f"  {size}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .data import ThingsEEG2
     from .data.describe import describe
@@ -437,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     commands = {"synth": _cmd_synth, "info": _cmd_info, "fit": _cmd_fit, "eval": _cmd_eval, "sweep": _cmd_sweep,
-                "pretrain": _cmd_pretrain, "retarget": _cmd_retarget, "adapt": _cmd_adapt}
+                "pretrain": _cmd_pretrain, "retarget": _cmd_retarget, "adapt": _cmd_adapt, "backbones": _cmd_backbones}
     return run_command(f"bci-train {args.command}", lambda: commands[args.command](args), verbose=args.verbose)
 
 

@@ -67,6 +67,7 @@ class FitConfig:
     spec: str = "paper"
     backbone: str = "vit_base_patch16_clip_224.openai"
     weights: str = "hub"
+    trust_remote_code: bool = False
     image_size: int = 0
     layer: str = "auto"
     layers: str = ""

@@ -355,7 +355,7 @@ def image_features(backbone, cfg: FitConfig, train_images, test_images, layers, 
 # -- the run folder -------------------------------------------------------------------------
 
 #: settings that say where or how a run computes, not what it computes
-_NOT_SETTINGS = ("out", "device", "cache", "image_batch_size")
+_NOT_SETTINGS = ("out", "device", "cache", "image_batch_size", "trust_remote_code")
 #: settings an interrupted run may change and still resume: each layer's checkpoint
 #: carries its own epoch, so a resumed layer trains on to the new --epochs
 _RESUMABLE = ("epochs", "layer", "layers")
@@ -496,7 +496,8 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
 
     # random backbone weights are seeded apart from training, so seeds vary training only
     backbone = load_backbone(cfg.backbone, cfg.weights, device=device, seed=0,
-                             model_kwargs={"img_size": cfg.image_size} if cfg.image_size else None)
+                             model_kwargs={"img_size": cfg.image_size} if cfg.image_size else None,
+                             trust_remote_code=cfg.trust_remote_code)
     candidates = _candidate_layers(cfg, backbone.n_layers)  # bad names and layers fail before any data work
     if any(k != "final" for k in candidates):
         check_pooling(backbone, cfg.pooling)
@@ -595,7 +596,8 @@ def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model
         gallery_concepts=test_images.concept_names,
         gallery_files=[str(Path(c) / f) for c, f in zip(test_images.concepts, test_images.files)],
         gallery_images=[(lambda i=i: test_images.open(i)) for i in range(len(test_images))],
-        backbone={"name": backbone.name, "weights": cfg.weights, "weights_id": backbone.weights_id, "image_size": cfg.image_size,
+        backbone={"name": backbone.name, "provider": backbone.provider, "weights": cfg.weights, "weights_id": backbone.weights_id,
+                  "image_size": cfg.image_size,
                   "n_params": backbone.n_params, "n_layers": backbone.n_layers,
                   "preprocessing_id": backbone.preprocessing_id()},
         layer=chosen.layer,

@@ -71,7 +71,7 @@ def pretrain_backbone(
     from safetensors.torch import save_file
 
     from .data import ThingsEEG2, load_image_set
-    from .vision import check_model_name, create_model, resolve_device
+    from .vision import HF_PREFIX, check_model_name, create_model, resolve_device
 
     for name, value in (("image_size", image_size), ("epochs", epochs), ("batch_size", batch_size)):
         check_positive(value, option_name(name), integer=True)
@@ -87,6 +87,9 @@ def pretrain_backbone(
         images = load_image_set(root, "training")
     else:
         images = ThingsEEG2(root).image_set("training")
+    if backbone.startswith(HF_PREFIX):
+        raise UsageError(f"pretrain builds timm backbones; {backbone!r} is a transformers model (train it with "
+                         f"transformers, then pass its folder as hf:FOLDER)")
     check_model_name(backbone)
     dev = resolve_device(device)
     started = time.perf_counter()

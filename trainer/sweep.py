@@ -66,7 +66,8 @@ def sweep(
     runs: list[tuple[FitConfig, dict]] = []
     for name in backbones:
         backbone = load_backbone(name, base.weights, device=base.device, seed=0,
-                                 model_kwargs={"img_size": base.image_size} if base.image_size else None)
+                                 model_kwargs={"img_size": base.image_size} if base.image_size else None,
+                                 trust_remote_code=base.trust_remote_code)
         swept = layer_list(layers, backbone.n_layers)
         # one pass over the images for every swept layer; the runs then read the cache
         data = load_fit_data(base.data, subjects[0], source=base.source, spec=base.spec, cache_dir=cache / "epochs")

@@ -4,10 +4,10 @@ import csv
 
 import pytest
 
-from trainer import vision
 from trainer.config import FitConfig
 from trainer.errors import UsageError
 from trainer.sweep import sweep, write_report
+from trainer.vision import features as vision
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -457,3 +457,15 @@ def test_model_without_forward_intermediates(monkeypatch):
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: Plain())
     with pytest.raises(BCIError, match="forward_intermediates"):
         load_backbone(CNN)
+
+
+def test_describe_reports_what_loading_reports(vit, cnn):
+    from trainer.vision import describe_backbone
+
+    for loaded, kwargs in ((vit, VIT_KW), (cnn, {})):
+        described = describe_backbone(loaded.name, model_kwargs=kwargs)
+        assert described == {"name": loaded.name, "provider": "timm", "kind": loaded.kind, "n_layers": loaded.n_layers,
+                             "n_params": loaded.n_params, "input_size": list(loaded.data_config["input_size"]),
+                             "prefix_tokens": loaded.num_prefix_tokens}
+    with pytest.raises(BCIError, match="unknown timm backbone"):
+        describe_backbone("vit_tiny_patch16_2240")
