@@ -54,6 +54,9 @@ TEMPERATURE_RANGE = (0.999 * MIN_TEMPERATURE, 1.001 * MAX_TEMPERATURE)
 #: bundle.json and gallery.json larger than this are refused unread (a 16 540-image
 #: gallery.json is about 2 MB)
 _MAX_JSON_BYTES = 64 * 1024 * 1024
+# the backbone's dtype a bundle records -> the precision that loads it so (re-targeting
+# embeds new images as the fit embedded its gallery)
+_PASS_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -147,7 +150,8 @@ class Bundle:
         info = self.config["backbone"]
         size = info.get("image_size") or 0
         backbone = load_backbone(info["name"], weights or info.get("weights") or "hub", device=device, seed=0,
-                                 model_kwargs={"img_size": size} if size else None, trust_remote_code=trust_remote_code)
+                                 model_kwargs={"img_size": size} if size else None, trust_remote_code=trust_remote_code,
+                                 precision=_PASS_PRECISION.get(info.get("dtype", "float32"), "fp32"))
         if info.get("weights_id") and backbone.weights_id != info["weights_id"]:
             raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
                            f"({info['weights_id']}); pass the same weights file with --weights")
@@ -417,7 +421,7 @@ def _check_config(config: dict, cfg_path: Path) -> tuple[dict, int, int, float, 
     backbone = _need(config, "backbone", dict, cfg_path)
     if not isinstance(backbone.get("name"), str) or not backbone["name"]:
         raise DataFormatError(cfg_path, "backbone.name", "must be a non-empty string")
-    for key in ("provider", "weights", "weights_id", "preprocessing_id"):
+    for key in ("provider", "weights", "weights_id", "preprocessing_id", "dtype"):
         _optional(backbone, key, str, cfg_path, f"backbone.{key}")
     for key in ("image_size", "n_layers", "n_params"):
         _optional(backbone, key, int, cfg_path, f"backbone.{key}", check=non_negative, problem="must be >= 0")

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_fit_parser(sub)
     _add_sweep_parser(sub)
+    _add_features_parser(sub)
     p = sub.add_parser(
         "backbones", help="describe backbones: provider, layers, parameters (without loading weights)",
         description="For each backbone name (a timm model, or hf:FOLDER for a local transformers model folder), "
@@ -157,7 +158,11 @@ _FIT_HELP = {
     "train_subjects": "train on these subjects instead: 'all' (the base bundle for new people: see bci-train adapt) or "
                       "comma-separated numbers; tested on --subject",
     "val_fraction": "share of training concepts held out for validation",
-    "image_batch_size": "batch size of the backbone feature pass",
+    "image_batch_size": "batch size of the backbone feature pass; 0: automatic (32 on a CPU; on a GPU what fits in its "
+                        "free memory, halved whenever a batch runs out of it)",
+    "feature_precision": "arithmetic of the backbone's feature pass (its weights and activations): bf16, fp16, fp32, or "
+                         "'auto': bf16 on a CUDA GPU that supports it, fp16 on another, fp32 on a CPU; features of a bf16 "
+                         "or fp16 pass are cached as float16",
     "cache": "cache folder for features, epochs and the checkpoints of unfinished runs "
              "(default: $SHALLOW_BCI_CACHE or ~/.cache/shallow-bci)",
 }
@@ -169,7 +174,7 @@ _OVERWRITE_HELP = ("train from the start and replace what the run folder holds, 
 def _add_fit_parser(sub) -> None:
     p = sub.add_parser(
         "fit", help="train an encoder by shallow alignment and write a model bundle",
-        description="Align an EEG/MEG encoder with a pooled intermediate layer of a frozen timm backbone "
+        description="Align an EEG/MEG encoder with a pooled intermediate layer of a frozen vision backbone "
                     "(symmetric InfoNCE), choose the epoch and layer on held-out training concepts, evaluate "
                     "zero-shot retrieval on the test set, and write the bundle to --out. Defaults follow the "
                     "paper; a --config file (TOML or JSON) may set defaults, flags override it.",
@@ -177,6 +182,56 @@ def _add_fit_parser(sub) -> None:
     p.add_argument("--config", type=Path, default=None, help="TOML/JSON file of defaults (keys = option names with _)")
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     _add_config_options(p, required=("data", "out"))
+
+
+#: the settings of a run that its feature pass depends on (and where and how it computes)
+_FEATURE_SETTINGS = ("data", "source", "backbone", "weights", "trust_remote_code", "image_size", "layers", "pooling",
+                     "device", "feature_precision", "image_batch_size", "cache")
+
+
+def _add_features_parser(sub) -> None:
+    import dataclasses
+
+    from .config import FitConfig
+
+    p = sub.add_parser(
+        "features", help="compute the backbone features of a data set's images into the cache, on several GPUs or nodes",
+        description="The feature pass of fit and sweep on its own: the pooled features of the training and test images "
+                    "for the candidate layers, written to the cache fit and sweep read. The pass is written in shards "
+                    "of 2048 images: run the same command again to resume a killed pass. --devices cuda:0,cuda:1 runs "
+                    "one worker per device; on a cluster, run one worker per GPU with --rank I --world N, all with "
+                    "the same --cache on shared storage: the last to finish merges the shards.")
+    p.add_argument("--config", type=Path, default=None, help="TOML/JSON file of defaults (keys = option names with _)")
+    p.add_argument("--devices", default="", help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
+    p.add_argument("--rank", type=int, default=0, help="this worker's number, 0..world-1 (default 0)")
+    p.add_argument("--world", type=int, default=1, help="how many workers share the pass (default 1)")
+    p.add_argument("--shard-size", type=int, default=0,
+                   help="images per shard; every worker of a pass must use the same (default 0: 2048)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_config_options(p, skip=tuple(f.name for f in dataclasses.fields(FitConfig) if f.name not in _FEATURE_SETTINGS),
+                        required=("data",))
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import FitConfig
+    from .feature_pass import feature_pass
+    from .progress import ProgressBars
+
+    values = _config_values(args)
+    values.setdefault("out", "-")
+    cfg = FitConfig(**{k: v for k, v in values.items() if k in _FEATURE_SETTINGS or k == "out"})
+    with ProgressBars() as progress:
+        summary = feature_pass(cfg, devices=args.devices.split(",") if args.devices else (), rank=args.rank,
+                               world=args.world, shard_size=args.shard_size, progress=progress)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        state = "complete" if summary["complete"] else "this worker's shards written; waiting for the other workers"
+        print(f"features of {summary['backbone']}: {', '.join(summary['layers'])} for {summary['n_images']} images, "
+              f"{summary['seconds']:.1f} s, {state} ({summary['cache']})")
+    return 0
 
 
 def _add_config_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
@@ -476,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     commands = {"synth": _cmd_synth, "info": _cmd_info, "fit": _cmd_fit, "eval": _cmd_eval, "sweep": _cmd_sweep,
-                "pretrain": _cmd_pretrain, "retarget": _cmd_retarget, "adapt": _cmd_adapt, "backbones": _cmd_backbones}
+                "pretrain": _cmd_pretrain, "retarget": _cmd_retarget, "adapt": _cmd_adapt, "backbones": _cmd_backbones,
+                "features": _cmd_features}
     return run_command(f"bci-train {args.command}", lambda: commands[args.command](args), verbose=args.verbose)
 
 

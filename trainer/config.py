@@ -14,8 +14,8 @@ from .datasets import SOURCES
 from .errors import DataFormatError, MissingFileError, UsageError
 from .preprocessing import NAMED_SPECS
 
-__all__ = ["ADAPT_PARTS", "FINAL", "LAYER_SEARCHES", "POOLINGS", "PRECISIONS", "FitConfig", "default_cache_dir", "layer_key", "layer_list",
-           "layer_of_key", "option_name", "parse_layer", "parse_subjects"]
+__all__ = ["ADAPT_PARTS", "FEATURE_PRECISIONS", "FINAL", "LAYER_SEARCHES", "POOLINGS", "PRECISIONS", "FitConfig",
+           "default_cache_dir", "layer_key", "layer_list", "layer_of_key", "option_name", "parse_layer", "parse_subjects"]
 
 #: the name of a backbone's own final (pooled pre-logits) embedding among its layers
 FINAL = "final"
@@ -37,6 +37,9 @@ POOLINGS = ("mean", "cls", "mean+cls")
 #: without native bf16, bf16 is several times slower: docs/benchmarks.md); validation, the
 #: test and the bundle are float32 in every case
 PRECISIONS = ("auto", "bf16", "fp32")
+#: the arithmetic of the backbone's feature pass (trainer.vision.feature_dtype): "auto" is
+#: bf16 on a CUDA GPU that supports it, fp16 on another CUDA GPU, fp32 on a CPU
+FEATURE_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 #: how ``--layer auto`` chooses among the candidate layers: "proxy" scores every candidate by
 #: a closed-form ridge regression from the EEG to its features (trainer.layer_search) and
 #: trains only the best; "full" trains every candidate and keeps the best validation top-1
@@ -85,10 +88,11 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    feature_precision: str = "auto"
     inter: bool = False
     train_subjects: str = ""
     val_fraction: float = 0.1
-    image_batch_size: int = 64
+    image_batch_size: int = 0
     cache: str = ""
 
     def validate(self) -> "FitConfig":
@@ -113,13 +117,15 @@ class FitConfig:
         check_option(self.spec, NAMED_SPECS, option_name("spec"))
         check_option(self.pooling, POOLINGS, option_name("pooling"))
         check_option(self.precision, PRECISIONS, option_name("precision"))
+        check_option(self.feature_precision, FEATURE_PRECISIONS, option_name("feature_precision"))
         check_option(self.layer_search, LAYER_SEARCHES, option_name("layer_search"))
         from .encoders import list_encoders
 
         check_option(self.encoder, list_encoders(), option_name("encoder"))
         parse_layer(self.layer)
         check_positive(self.image_size, f"{option_name('image_size')} (0: the model's own)", strict=False, integer=True)
-        for name in ("embed_dim", "proj_dim", "epochs", "batch_size", "image_batch_size"):
+        check_positive(self.image_batch_size, f"{option_name('image_batch_size')} (0: automatic)", strict=False, integer=True)
+        for name in ("embed_dim", "proj_dim", "epochs", "batch_size"):
             check_positive(getattr(self, name), option_name(name), integer=True)
         for name in ("lr", "temperature"):
             value = getattr(self, name)

@@ -19,7 +19,7 @@ from .errors import DataFormatError
 from .files import atomic_path
 from .preprocessing import NAMED_SPECS, PreprocessingSpec
 
-__all__ = ["SOURCES", "SubjectData", "load_fit_data", "load_test_data"]
+__all__ = ["SOURCES", "SubjectData", "load_fit_data", "load_image_sets", "load_test_data"]
 
 logger = logging.getLogger("trainer")
 
@@ -128,6 +128,22 @@ def _norm(x: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
+def load_image_sets(data: str | Path, source: str = "auto") -> tuple[ImageSet, ImageSet]:
+    """The training and the test images of a data folder (a THINGS-EEG2 folder; for
+    ``source='meg'`` the ``image_set/`` beside or above a THINGS-MEG folder)."""
+    check_option(source, SOURCES, "--source (source)")
+    root = Path(data).expanduser()
+    if source == "meg":
+        image_root = next((p for p in (root / "image_set", root.parent / "image_set", root) if (p / "image_metadata.npy").is_file()), None)
+        if image_root is None:
+            raise DataFormatError(root, "image_metadata.npy", "MEG training needs the image set (image_set/ beside the MEG folder)")
+        from .data.images import load_image_set
+
+        return load_image_set(image_root, "training"), load_image_set(image_root, "test")
+    ds = ThingsEEG2(root)
+    return ds.image_set("training"), ds.image_set("test")
+
+
 def load_fit_data(
     data: str | Path,
     subject: int,
@@ -166,18 +182,12 @@ def load_fit_data(
         spec = NAMED_SPECS[check_option(spec, NAMED_SPECS, "--spec (spec)")]
     root = Path(data).expanduser()
     cache = Path(cache_dir) if cache_dir is not None else None
+    train_images, test_images = load_image_sets(root, source)
     if source == "meg":
         ds = None
-        image_root = next((p for p in (root / "image_set", root.parent / "image_set", root) if (p / "image_metadata.npy").is_file()), None)
-        if image_root is None:
-            raise DataFormatError(root, "image_metadata.npy", "MEG training needs the image set (image_set/ beside the MEG folder)")
-        from .data.images import load_image_set
-
-        train_images, test_images = load_image_set(image_root, "training"), load_image_set(image_root, "test")
         subjects = sorted(int(p.name[len("preprocessed_P"):-len("-epo.fif")]) for p in root.rglob("preprocessed_P*-epo.fif"))
     else:
         ds = ThingsEEG2(root)
-        train_images, test_images = ds.image_set("training"), ds.image_set("test")
         subjects = ds.subjects()
         if source == "auto":
             source = "raw" if (root / "raw_data" / f"sub-{subject:02d}").is_dir() else "preprocessed"

@@ -45,8 +45,8 @@ from .metrics import kway_accuracy, topk_accuracy
 from .model import AlignmentModel, embed_epochs, normalised_embedding
 from .progress import JobProgress, Progress
 
-__all__ = ["FitConfig", "checkpoint_dir", "default_cache_dir", "evaluate_bundle", "evaluate_retrieval", "fit",
-           "parse_layer", "resolve_precision", "train_epoch"]
+__all__ = ["FitConfig", "checkpoint_dir", "default_cache_dir", "evaluate_bundle", "evaluate_retrieval",
+           "feature_image_sets", "fit", "image_features", "parse_layer", "resolve_precision", "train_epoch"]
 
 logger = logging.getLogger("trainer")
 
@@ -336,20 +336,26 @@ def image_features(backbone, cfg: FitConfig, train_images, test_images, layers, 
     called for a set whose features were all in the cache."""
     from .vision import cached_features
 
-    data_id = hashlib.sha256(str(Path(cfg.data).expanduser().resolve()).encode()).hexdigest()[:12]
     n_all = len(train_images) + len(test_images)
     out = []
     offset = 0
-    for part, images in (("training", train_images), ("test", test_images)):
+    for part, images, image_set_id in feature_image_sets(cfg, train_images, test_images):
         def progress(done: int, total: int, part=part, offset=offset) -> None:
             if report is not None:
                 report(f"image features of {backbone.name} ({part} images)", offset + done, n_all)
 
         out.append(cached_features(backbone, images, layers, pooling=cfg.pooling, cache_dir=cache / "features",
-                                   image_set_id=f"{data_id}-{part}-{len(images)}", batch_size=cfg.image_batch_size,
-                                   progress=progress))
+                                   image_set_id=image_set_id, batch_size=cfg.image_batch_size, progress=progress))
         offset += len(images)
     return out[0], out[1]
+
+
+def feature_image_sets(cfg: FitConfig, train_images, test_images) -> list[tuple[str, Any, str]]:
+    """(part, images, image-set id of the feature cache) of the training and the test
+    images of ``cfg.data``: what :func:`image_features` and ``bci-train features`` cache."""
+    data_id = hashlib.sha256(str(Path(cfg.data).expanduser().resolve()).encode()).hexdigest()[:12]
+    return [(part, images, f"{data_id}-{part}-{len(images)}") for part, images in (("training", train_images),
+                                                                                 ("test", test_images))]
 
 
 # -- the run folder -------------------------------------------------------------------------
@@ -497,7 +503,7 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     # random backbone weights are seeded apart from training, so seeds vary training only
     backbone = load_backbone(cfg.backbone, cfg.weights, device=device, seed=0,
                              model_kwargs={"img_size": cfg.image_size} if cfg.image_size else None,
-                             trust_remote_code=cfg.trust_remote_code)
+                             trust_remote_code=cfg.trust_remote_code, precision=cfg.feature_precision)
     candidates = _candidate_layers(cfg, backbone.n_layers)  # bad names and layers fail before any data work
     if any(k != "final" for k in candidates):
         check_pooling(backbone, cfg.pooling)
@@ -597,7 +603,7 @@ def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model
         gallery_files=[str(Path(c) / f) for c, f in zip(test_images.concepts, test_images.files)],
         gallery_images=[(lambda i=i: test_images.open(i)) for i in range(len(test_images))],
         backbone={"name": backbone.name, "provider": backbone.provider, "weights": cfg.weights, "weights_id": backbone.weights_id,
-                  "image_size": cfg.image_size,
+                  "image_size": cfg.image_size, "dtype": str(backbone.dtype).removeprefix("torch."),
                   "n_params": backbone.n_params, "n_layers": backbone.n_layers,
                   "preprocessing_id": backbone.preprocessing_id()},
         layer=chosen.layer,

@@ -52,7 +52,7 @@ def sweep(
     interrupted one resumes, one of other settings is refused unless ``overwrite``.
     ``progress(phase, done, total)`` follows each backbone's feature pass (in images), then
     all the runs as one job."""
-    from .datasets import load_fit_data
+    from .datasets import load_image_sets
     from .fit import fit, image_features
     from .vision import load_backbone
 
@@ -67,11 +67,11 @@ def sweep(
     for name in backbones:
         backbone = load_backbone(name, base.weights, device=base.device, seed=0,
                                  model_kwargs={"img_size": base.image_size} if base.image_size else None,
-                                 trust_remote_code=base.trust_remote_code)
+                                 trust_remote_code=base.trust_remote_code, precision=base.feature_precision)
         swept = layer_list(layers, backbone.n_layers)
         # one pass over the images for every swept layer; the runs then read the cache
-        data = load_fit_data(base.data, subjects[0], source=base.source, spec=base.spec, cache_dir=cache / "epochs")
-        image_features(backbone, dataclasses.replace(base, backbone=name), data.train_images, data.test_images, swept, cache,
+        train_images, test_images = load_image_sets(base.data, "meg" if base.source == "meg" else "auto")
+        image_features(backbone, dataclasses.replace(base, backbone=name), train_images, test_images, swept, cache,
                        report=progress)
         info = {"backbone": name, "n_params": backbone.n_params, "n_layers": backbone.n_layers}
         for subject in subjects:

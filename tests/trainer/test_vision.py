@@ -432,7 +432,7 @@ def test_bad_pooling_and_arguments(vit, cnn, images):
     with pytest.raises(UsageError, match=r"--pooling mean \(pooling='mean' in Python"):
         extract_features(cnn, images, [1], pooling="cls")
     with pytest.raises(ValueError, match="batch_size"):
-        extract_features(vit, images, [1], batch_size=0)
+        extract_features(vit, images, [1], batch_size=-1)
     with pytest.raises(TypeError, match="images"):
         extract_features(vit, "some/folder", [1])
     with pytest.raises(ValueError, match="empty"):

@@ -15,21 +15,44 @@ of a frozen vision model instead of its final embedding.  This package
 Layers and pooling are described in :mod:`.features`.
 """
 
-from .backbone import HF_PREFIX, Backbone, check_model_name, describe_backbone, load_backbone, resolve_device
-from .features import POOLINGS, cached_features, check_pooling, extract_features, feature_cache_key
+from .backbone import (
+    FEATURE_PRECISIONS,
+    HF_PREFIX,
+    Backbone,
+    check_model_name,
+    describe_backbone,
+    feature_dtype,
+    load_backbone,
+    resolve_device,
+)
+from .features import (
+    POOLINGS,
+    SHARD_SIZE,
+    auto_batch_size,
+    cached_features,
+    check_pooling,
+    compute_feature_shards,
+    extract_features,
+    feature_cache_key,
+)
 from .timm_models import create_model
 
 __all__ = [
     "Backbone",
+    "FEATURE_PRECISIONS",
     "HF_PREFIX",
     "POOLINGS",
+    "SHARD_SIZE",
+    "auto_batch_size",
     "cached_features",
     "check_model_name",
     "check_pooling",
+    "compute_feature_shards",
     "create_model",
     "describe_backbone",
     "extract_features",
     "feature_cache_key",
+    "feature_dtype",
     "load_backbone",
     "resolve_device",
 ]

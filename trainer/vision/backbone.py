@@ -18,12 +18,15 @@ import numpy as np
 import torch
 
 from .._checks import check_type
+from ..config import FEATURE_PRECISIONS
 from ..errors import BCIError, UsageError
 
-__all__ = ["Backbone", "HF_PREFIX", "check_model_name", "describe_backbone", "load_backbone", "resolve_device"]
+__all__ = ["Backbone", "FEATURE_PRECISIONS", "HF_PREFIX", "check_model_name", "check_memory", "describe_backbone",
+           "feature_dtype", "load_backbone", "resolve_device"]
 
 #: names of Hugging Face transformers backbones start with this, followed by a local folder
 HF_PREFIX = "hf:"
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -51,6 +54,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if index is not None and index >= torch.cuda.device_count():
         raise BCIError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return torch.device("cuda" if index is None else f"cuda:{index}")
+
+
+def feature_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of a backbone's weights and pass for ``precision`` (:data:`FEATURE_PRECISIONS`)
+    on ``device``."""
+    from .._checks import check_option
+
+    check_option(precision, FEATURE_PRECISIONS, "--feature-precision (precision)")
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return _DTYPES[precision]
+
+
+def check_memory(name: str, n_params: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Raise a BCIError naming the memory needed when a CUDA device has too little free
+    for the weights of ``n_params`` parameters in ``dtype`` (with a tenth to spare for a
+    batch's activations)."""
+    if device.type != "cuda":
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    need = n_params * torch.empty((), dtype=dtype).element_size()
+    if need * 1.1 > free:
+        raise BCIError(
+            f"backbone {name!r} needs {need / 1e9:.1f} GB for its {n_params / 1e9:.2f} B parameters in "
+            f"{str(dtype).removeprefix('torch.')} (and room for a batch), but {device} has {free / 1e9:.1f} GB free "
+            f"of {total / 1e9:.1f} GB. Use a GPU with more memory, --feature-precision bf16 or fp16 (half of fp32's), "
+            f"another GPU (--device cuda:N), or --device cpu (slow)")
 
 
 @dataclass(repr=False)
@@ -82,6 +114,8 @@ class Backbone:
     model_kwargs : dict
         Extra model arguments (part of the cache key).
     provider : 'timm' | 'hf'
+    dtype : torch.dtype
+        Of the weights and the pass (:func:`feature_dtype`); features come out float32.
     """
 
     name: str
@@ -95,6 +129,7 @@ class Backbone:
     n_params: int
     model_kwargs: dict = field(default_factory=dict)
     provider: str = "timm"
+    dtype: torch.dtype = torch.float32
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, weights_id={self.weights_id!r}, kind={self.kind!r}, "
@@ -202,6 +237,7 @@ def load_backbone(
     seed: int = 0,
     model_kwargs: dict | None = None,
     trust_remote_code: bool = False,
+    precision: str = "fp32",
 ) -> Backbone:
     """Create a frozen backbone: a timm model, or a transformers model for ``hf:FOLDER``.
 
@@ -227,6 +263,10 @@ def load_backbone(
     trust_remote_code : bool
         ``hf:`` only: allow a folder that ships its own model code (InternViT-6B does) to
         run it.  Off by default: that code runs with your rights.
+    precision : 'fp32' | 'bf16' | 'fp16' | 'auto'
+        The dtype of the weights and of the pass (:func:`feature_dtype`: ``'auto'`` is
+        bf16 or fp16 on a CUDA GPU, fp32 on a CPU).  On a GPU with too little free memory
+        for the weights, a BCIError says how much is needed.
 
     Raises
     ------
@@ -240,13 +280,13 @@ def load_backbone(
         from .hf_models import load_hf_backbone
 
         return load_hf_backbone(name, weights, device=device, seed=seed, model_kwargs=model_kwargs,
-                                trust_remote_code=trust_remote_code)
+                                trust_remote_code=trust_remote_code, precision=precision)
     from .timm_models import load_timm_backbone
 
     if trust_remote_code:
         raise UsageError("trust_remote_code (--trust-remote-code) applies to hf: backbones only; "
                          f"{name!r} is a timm model")
-    return load_timm_backbone(name, weights, device=device, seed=seed, model_kwargs=model_kwargs)
+    return load_timm_backbone(name, weights, device=device, seed=seed, model_kwargs=model_kwargs, precision=precision)
 
 
 def describe_backbone(name: str, *, model_kwargs: dict | None = None, trust_remote_code: bool = False) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import torch
 from .._checks import check_type
 from ..errors import BCIError, UsageError
 from ..files import sha256_file
-from .backbone import HF_PREFIX, Backbone, resolve_device, short_hash
+from .backbone import HF_PREFIX, Backbone, check_memory, feature_dtype, resolve_device, short_hash
 
 __all__ = ["HFBackbone", "check_hf_name", "describe_hf", "hf_data_config", "load_hf_backbone"]
 
@@ -114,6 +114,11 @@ class HFBackbone(Backbone):
             p = self.prefix_tokens
             inters.append((tokens[:, p:], tokens[:, :p]) if p else tokens)
         return inters, (self._final(out) if want_final else None)
+
+
+def _version(text: str) -> tuple[int, int]:
+    parts = (text.split(".") + ["0"])[:2]
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)
 
 
 def _folder_of(name: str) -> Path:
@@ -319,6 +324,7 @@ def load_hf_backbone(
     seed: int = 0,
     model_kwargs: dict | None = None,
     trust_remote_code: bool = False,
+    precision: str = "fp32",
 ) -> HFBackbone:
     """A frozen transformers vision tower from ``hf:FOLDER``; see
     :func:`trainer.vision.load_backbone` for the arguments.  ``weights``: ``"hub"`` (the
@@ -342,7 +348,8 @@ def load_hf_backbone(
     raw = _read_config(folder)
     _check_remote_code(name, folder, raw, trust_remote_code)
     torch_device = resolve_device(device)
-    _require_transformers()
+    dtype = feature_dtype(precision, torch_device)
+    transformers = _require_transformers()
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -357,7 +364,9 @@ def load_hf_backbone(
                 model = AutoModel.from_config(config, **remote)
             weights_id = f"random-seed{seed}"
         else:
-            model = AutoModel.from_pretrained(folder, config=config, local_files_only=True, **remote)
+            # loaded in its final dtype: a 6-billion-parameter model never exists in float32
+            dtype_arg = "dtype" if _version(transformers.__version__) >= (4, 56) else "torch_dtype"
+            model = AutoModel.from_pretrained(folder, config=config, local_files_only=True, **{dtype_arg: dtype}, **remote)
             weights_id = f"folder-{_weights_hash(folder)[:16]}"
     except BCIError:
         raise
@@ -373,13 +382,14 @@ def load_hf_backbone(
     del model  # a text tower or language model beside the vision tower is freed here
     part.eval()
     part.requires_grad_(False)
-    part.to(device=torch_device, dtype=torch.float32)
+    check_memory(name, sum(p.numel() for p in part.parameters()), dtype, torch_device)
+    part.to(device=torch_device, dtype=dtype)
     backbone = HFBackbone(
         name=name, weights=weights, weights_id=weights_id, model=part, device=torch_device,
         data_config=hf_data_config(folder, tower_config), n_layers=n_layers, kind="vit",
         n_params=int(sum(p.numel() for p in part.parameters())), model_kwargs={}, provider="hf",
         folder=folder, config_hash=short_hash(json.dumps(raw, sort_keys=True), 10), tower=tower,
-        projection=projection, blocks=blocks, prefix_tokens=_prefix_tokens(tower),
+        projection=projection, blocks=blocks, prefix_tokens=_prefix_tokens(tower), dtype=dtype,
     )
     logger.info("backbone %s (%s): transformers %s, %d layers, %d prefix token(s), %.1fM parameters, on %s",
                 name, weights_id, type(tower).__name__, n_layers, backbone.prefix_tokens, backbone.n_params / 1e6,

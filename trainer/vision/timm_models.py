@@ -31,7 +31,7 @@ import torch
 from .._checks import check_type
 from ..errors import BCIError, UsageError
 from ..files import sha256_file
-from .backbone import Backbone, resolve_device
+from .backbone import Backbone, check_memory, feature_dtype, resolve_device
 
 __all__ = ["TimmBackbone", "check_timm_name", "create_model", "describe_timm", "load_timm_backbone"]
 
@@ -74,6 +74,7 @@ class TimmBackbone(Backbone):
 
     def forward_layers(self, x, indices, want_final):
         model = self.model
+        x = x.to(dtype=self.dtype)
         if not indices:  # only the final embedding asked for
             return [], model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
         result = model.forward_intermediates(x, **self._forward_kwargs(indices, want_final))
@@ -137,6 +138,7 @@ def load_timm_backbone(
     device: str | torch.device = "cpu",
     seed: int = 0,
     model_kwargs: dict | None = None,
+    precision: str = "fp32",
 ) -> TimmBackbone:
     """A frozen timm backbone; see :func:`trainer.vision.load_backbone` for the arguments."""
     check_type(name, str, "name")
@@ -195,16 +197,19 @@ def load_timm_backbone(
 
     model.eval()
     model.requires_grad_(False)
-    model.to(torch_device)
+    dtype = feature_dtype(precision, torch_device)
+    check_memory(name, sum(p.numel() for p in model.parameters()), dtype, torch_device)
+    model.to(device=torch_device, dtype=dtype)
 
     data_config, kind, n_layers, n_params, params = _anatomy(model, model_kwargs)
     backbone = TimmBackbone(
         name=name, weights=weights, weights_id=weights_id, model=model, device=torch_device,
         data_config=data_config, n_layers=n_layers, kind=kind, n_params=n_params,
-        model_kwargs=model_kwargs, provider="timm", _fi_params=params,
+        model_kwargs=model_kwargs, provider="timm", dtype=dtype, _fi_params=params,
     )
-    logger.info("backbone %s (%s): %s, %d layers, %.1fM parameters, on %s",
-                name, weights_id, kind, n_layers, n_params / 1e6, torch_device)
+    logger.info("backbone %s (%s): %s, %d layers, %.1fM parameters, on %s%s",
+                name, weights_id, kind, n_layers, n_params / 1e6, torch_device,
+                "" if dtype == torch.float32 else f" in {str(dtype).removeprefix('torch.')}")
     return backbone
 
 
