@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_parser(sub)
     _add_sweep_parser(sub)
     _add_features_parser(sub)
+    _add_reproduce_parser(sub)
     p = sub.add_parser(
         "backbones", help="describe backbones: provider, layers, parameters (without loading weights)",
         description="For each backbone name (a timm model, or hf:FOLDER for a local transformers model folder), "
@@ -356,25 +357,90 @@ def _add_sweep_parser(sub) -> None:
     p = sub.add_parser(
         "sweep", help="train one model per layer (and backbone, subject, seed); table and plots",
         description="Sweep layers, backbones, subjects and seeds: one feature pass per backbone for all layers, "
-                    "one training run per combination (in parallel processes with --jobs), then sweep.csv, "
+                    "one training run per combination (in parallel processes with --jobs, or as Ray tasks with "
+                    "--engine ray), then sweep.csv, "
                     "sweep.md and plots (top-1 vs relative depth with the final layer marked; top-1 vs "
                     "ln(parameters) across backbones with the correlation). Test accuracy is reported for "
                     "analysis; nothing is selected on it.",
     )
     p.add_argument("--data", type=Path, required=True, help=_FIT_HELP["data"])
     p.add_argument("--out", type=Path, required=True, help="sweep folder (one run folder per combination inside)")
-    p.add_argument("--backbones", default=FitConfig.backbone, help="comma-separated timm model names")
+    p.add_argument("--backbones", default=FitConfig.backbone, help="comma-separated backbone names (timm, or hf:FOLDER)")
     p.add_argument("--subjects", default="1", help="comma-separated subject numbers (default 1)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--layers", default="auto",
                    help="'all' blocks, 'auto' (~10 evenly spaced, as in the paper), or a list such as 2,4,6,final "
                         "(default auto; the final layer is included by all/auto)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
+    _add_engine_options(p)
     p.add_argument("--config", type=Path, default=None, help="TOML/JSON file of training defaults")
     p.add_argument("--overwrite", action="store_true",
                    help="train every run from the start and replace what its folder holds (without it, finished runs "
                         "of the same settings are kept, interrupted ones resume, and runs of other settings are refused)")
     _add_config_options(p, skip=_SWEEP_OWN)
+
+
+def _add_reproduce_parser(sub) -> None:
+    p = sub.add_parser(
+        "reproduce", help="run the paper's protocol from a config file: every backbone, layer, subject, seed and mode",
+        description="Run a protocol (a TOML/JSON file: data, backbones with their layers, subjects, seeds, intra and/or "
+                    "inter, EEG and/or MEG, training settings; configs/reproduce/paper.toml is the paper's) as one "
+                    "sweep, locally or on Ray, and write the paper-style table (per backbone: the layer chosen on "
+                    "validation concepts and the final layer, test top-1 and top-5 as mean +- s.d. over subjects and "
+                    "seeds) and the scaling plot (top-1 against ln parameters, with r). Run it again to complete an "
+                    "interrupted protocol: finished runs are kept.")
+    p.add_argument("--config", type=Path, required=True, help="the protocol file (TOML or JSON)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the protocol's out)")
+    p.add_argument("--jobs", type=int, default=1, help="with --engine local: runs at a time, each in its own process (default 1)")
+    _add_engine_options(p)
+    p.add_argument("--overwrite", action="store_true", help="train every run again and replace what its folder holds")
+    p.add_argument("--dry-run", action="store_true", help="print the runs it would make and the feature passes, and stop")
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .progress import ProgressBars
+    from .reproduce import load_protocol, plan_protocol, reproduce
+
+    protocol = load_protocol(args.config, out=str(args.out) if args.out else None)
+    if args.dry_run:
+        runs, features = plan_protocol(protocol)
+        groups: dict[tuple, list] = {}
+        for r in runs:
+            groups.setdefault((r.info["modality"], r.info["mode"], r.info["backbone"]), []).append(r)
+        print(f"{len(runs)} runs, {len(features)} feature pass(es), into {protocol.out}")
+        for (modality, mode, backbone), rs in groups.items():
+            layers = ",".join(dict.fromkeys(str(r.info["layer"]) for r in rs))
+            print(f"  {modality} {mode} {backbone} ({rs[0].info['n_params'] / 1e6:.1f} M parameters): {len(rs)} runs, "
+                  f"layers {layers}")
+        return 0
+    with ProgressBars() as progress:
+        summary = reproduce(protocol, engine=_engine(args), overwrite=args.overwrite, progress=progress)
+    print((Path(protocol.out) / "reproduce.md").read_text())
+    print(f"{sum(len(g['backbones']) for g in summary['groups'])} rows; every run: {Path(protocol.out) / 'reproduce.csv'}")
+    return 0
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where the runs execute: 'local' (this machine, --jobs at a time) or 'ray' (each feature pass "
+                        "and each run a Ray task, on a local Ray instance or the cluster at --address; needs "
+                        "pip install 'shallow-bci[ray]'; the cache folder must be on storage every node sees) "
+                        "(default local)")
+    p.add_argument("--address", default="", help="with --engine ray: the Ray cluster to join (e.g. 'auto' on one of its "
+                                                 "nodes, or ray://HEAD:10001); default: a local Ray instance")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="with --engine ray: CPUs each run asks for (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0,
+                   help="with --engine ray: GPUs each run asks for; a fraction shares a GPU, e.g. 0.25 (default 0); "
+                        "the feature passes then ask for one GPU each")
+    p.add_argument("--feature-workers", type=int, default=1,
+                   help="with --engine ray: Ray tasks each backbone's feature pass is split into (default 1)")
+
+
+def _engine(args: argparse.Namespace):
+    from .sweep import Engine
+
+    return Engine(kind=args.engine, jobs=args.jobs, address=args.address, cpus_per_run=args.cpus_per_run,
+                  gpus_per_run=args.gpus_per_run, feature_workers=args.feature_workers).check()
 
 
 def _int_list(text: str, name: str) -> list[int]:
@@ -395,7 +461,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     with ProgressBars() as progress:
         rows = sweep(base, backbones=[b.strip() for b in args.backbones.split(",") if b.strip()],
                      subjects=_int_list(args.subjects, "--subjects"), seeds=_int_list(args.seeds, "--seeds"),
-                     layers=args.layers, jobs=args.jobs, overwrite=args.overwrite, progress=progress)
+                     layers=args.layers, overwrite=args.overwrite, progress=progress, engine=_engine(args))
     print((Path(args.out) / "sweep.md").read_text())
     print(f"{len(rows)} runs; table: {Path(args.out) / 'sweep.csv'}")
     return 0
@@ -500,18 +566,19 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 
     from .vision import describe_backbone
 
-    rows = [describe_backbone(name, trust_remote_code=args.trust_remote_code and name.startswith("hf:"))
+    rows = [describe_backbone(name, trust_remote_code=args.trust_remote_code and name.startswith("hf:"), flops=True)
             for name in args.names]
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return 0
     width = max(len(r["name"]) for r in rows)
-    print(f"{'backbone':<{width}}  provider  kind  layers  parameters  input")
+    print(f"{'backbone':<{width}}  provider  kind  layers  parameters  input    GFLOPs/image")
     for r in rows:
         size = "x".join(str(v) for v in r["input_size"][1:])
+        gflops = "?" if r["gflops"] is None else f"{r['gflops']:.1f}"
         print(f"{r['name']:<{width}}  {r['provider']:<8}  {r['kind']:<4}  {r['n_layers']:>6}  {r['n_params'] / 1e6:>9.1f}M"
-              f"  {size}")
+              f"  {size:<7}  {gflops:>12}")
     return 0
 
 
@@ -532,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     commands = {"synth": _cmd_synth, "info": _cmd_info, "fit": _cmd_fit, "eval": _cmd_eval, "sweep": _cmd_sweep,
                 "pretrain": _cmd_pretrain, "retarget": _cmd_retarget, "adapt": _cmd_adapt, "backbones": _cmd_backbones,
-                "features": _cmd_features}
+                "features": _cmd_features, "reproduce": _cmd_reproduce}
     return run_command(f"bci-train {args.command}", lambda: commands[args.command](args), verbose=args.verbose)
 
 

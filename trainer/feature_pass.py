@@ -73,7 +73,8 @@ def feature_pass(
         world = 1
     backbone = load_backbone(cfg.backbone, cfg.weights, device=devices[0] if devices else cfg.device, seed=0,
                              model_kwargs={"img_size": cfg.image_size} if cfg.image_size else None,
-                             trust_remote_code=cfg.trust_remote_code, precision=cfg.feature_precision)
+                             trust_remote_code=cfg.trust_remote_code, precision=cfg.feature_precision,
+                             lazy=True)  # read only if a shard is missing
     swept = layer_list(layers, backbone.n_layers, name=f"--layers for {cfg.backbone}")
     complete = True
     for part, images, image_set_id in feature_image_sets(cfg, train_images, test_images):

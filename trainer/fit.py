@@ -46,7 +46,7 @@ from .model import AlignmentModel, embed_epochs, normalised_embedding
 from .progress import JobProgress, Progress
 
 __all__ = ["FitConfig", "checkpoint_dir", "default_cache_dir", "evaluate_bundle", "evaluate_retrieval",
-           "feature_image_sets", "fit", "image_features", "parse_layer", "resolve_precision", "train_epoch"]
+           "feature_image_sets", "finished_run", "fit", "image_features", "parse_layer", "resolve_precision", "train_epoch"]
 
 logger = logging.getLogger("trainer")
 
@@ -411,6 +411,15 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def finished_run(cfg: FitConfig) -> dict | None:
+    """The metrics of the run ``cfg`` when its folder holds it finished with the same
+    settings (what :func:`fit` would return without training), else None; a UsageError
+    when the folder holds a run of other settings.  Nothing is loaded or changed."""
+    out = Path(cfg.out).expanduser()
+    cache = Path(cfg.cache).expanduser() if cfg.cache else default_cache_dir()
+    return _check_run_folder(cfg, out, checkpoint_dir(out, cache), overwrite=False)
+
+
 def _check_run_folder(cfg: FitConfig, out: Path, ckpts: Path, overwrite: bool) -> dict | None:
     """Decide what to do with what ``out`` holds (see :func:`fit`): the stored metrics when
     it holds this very run finished, None to train; a UsageError when training would
@@ -503,7 +512,8 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     # random backbone weights are seeded apart from training, so seeds vary training only
     backbone = load_backbone(cfg.backbone, cfg.weights, device=device, seed=0,
                              model_kwargs={"img_size": cfg.image_size} if cfg.image_size else None,
-                             trust_remote_code=cfg.trust_remote_code, precision=cfg.feature_precision)
+                             trust_remote_code=cfg.trust_remote_code, precision=cfg.feature_precision,
+                             lazy=True)  # the weights are read only if a feature is not in the cache
     candidates = _candidate_layers(cfg, backbone.n_layers)  # bad names and layers fail before any data work
     if any(k != "final" for k in candidates):
         check_pooling(backbone, cfg.pooling)

@@ -179,3 +179,25 @@ def test_a_model_too_big_for_the_gpu_says_how_much_it_needs(monkeypatch):
         check_memory("hf:InternViT-6B", 5_540_000_000, torch.bfloat16, torch.device("cuda:0"))
     check_memory("hf:InternViT-6B", 3_000_000_000, torch.bfloat16, torch.device("cuda:0"))  # 6 GB fits
     check_memory("hf:InternViT-6B", 5_540_000_000, torch.float32, torch.device("cpu"))  # a CPU is not checked
+
+
+def test_a_lazy_backbone_reads_its_weights_only_for_a_missing_feature(vit, images, tmp_path):
+    """fit describes its backbone lazily: a run whose features are cached never loads the
+    model (a 6 B model is 11 GB to read); the first pass that needs it loads it."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.model.state_dict().items()}, str(weights))
+    eager = load_backbone(VIT, str(weights), model_kwargs=VIT_KW)
+    lazy = load_backbone(VIT, str(weights), model_kwargs=VIT_KW, lazy=True)
+    assert not lazy.loaded and next(lazy.model.parameters()).device.type == "meta"
+    for attr in ("weights_id", "n_layers", "n_params", "kind", "num_prefix_tokens", "data_config", "cache_name"):
+        assert getattr(lazy, attr) == getattr(eager, attr), attr
+    assert feature_cache_key(lazy, "layer_2", "mean", "s") == feature_cache_key(eager, "layer_2", "mean", "s")
+    cached = cached_features(eager, images, [2], pooling="mean", cache_dir=tmp_path / "c", image_set_id="s")
+    again = cached_features(lazy, images, [2], pooling="mean", cache_dir=tmp_path / "c", image_set_id="s")
+    assert not lazy.loaded  # all in the cache: nothing read
+    np.testing.assert_array_equal(again["layer_2"], cached["layer_2"])
+    more = cached_features(lazy, images, [2, "final"], pooling="mean", cache_dir=tmp_path / "c", image_set_id="s")
+    assert lazy.loaded and next(lazy.model.parameters()).device.type == "cpu"
+    np.testing.assert_allclose(more["final"], extract_features(eager, images, ["final"])["final"], rtol=1e-5, atol=1e-6)

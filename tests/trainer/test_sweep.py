@@ -29,7 +29,7 @@ def test_sweep_one_feature_pass_then_a_run_per_layer(tiny_dataset, tmp_path, mon
                  progress=lambda *r: reports.append(r))
     assert len(calls) == 2  # training images and test images, all three layers each time
     # the feature pass, then one progress for all the runs, the run and its layer/epoch in the phase
-    assert reports[0][0] == "image features of vit_tiny_patch16_224 (training images)"
+    assert reports[0][0].startswith("image features of vit_tiny_patch16_224 (training images")
     runs = [r for r in reports if r[0].startswith("run ")]
     assert reports[-len(runs):] == runs
     assert len({total for _, _, total in runs}) == 1 and runs[-1][1] == runs[-1][2]
@@ -72,3 +72,14 @@ def test_bad_layers(tiny_dataset, tmp_path):
         sweep(base, backbones=["vit_tiny_patch16_224"], subjects=[1], seeds=[0], layers="1,30")
     with pytest.raises(UsageError, match="--jobs"):
         sweep(base, backbones=["vit_tiny_patch16_224"], subjects=[1], seeds=[0], jobs=0)
+
+
+def test_engine_options_are_checked():
+    from trainer.sweep import Engine
+
+    with pytest.raises(UsageError, match="--engine"):
+        Engine(kind="slurm").check()
+    with pytest.raises(UsageError, match="for --engine ray"):
+        Engine(kind="local", gpus_per_run=0.5).check()
+    with pytest.raises(UsageError, match="--feature-workers"):
+        Engine(kind="ray", feature_workers=0).check()

@@ -463,7 +463,8 @@ def test_describe_reports_what_loading_reports(vit, cnn):
     from trainer.vision import describe_backbone
 
     for loaded, kwargs in ((vit, VIT_KW), (cnn, {})):
-        described = describe_backbone(loaded.name, model_kwargs=kwargs)
+        described = describe_backbone(loaded.name, model_kwargs=kwargs, flops=True)
+        assert described.pop("gflops") > 0.01  # counted on the meta device
         assert described == {"name": loaded.name, "provider": "timm", "kind": loaded.kind, "n_layers": loaded.n_layers,
                              "n_params": loaded.n_params, "input_size": list(loaded.data_config["input_size"]),
                              "prefix_tokens": loaded.num_prefix_tokens}

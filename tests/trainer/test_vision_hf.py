@@ -337,7 +337,8 @@ def test_describe_reports_what_loading_reports(folders, name):
 
     folder = folders[name][0]
     loaded = load_backbone(f"hf:{folder}", "hub")
-    described = describe_backbone(f"hf:{folder}")
+    described = describe_backbone(f"hf:{folder}", flops=True)
+    assert described.pop("gflops") > 0
     assert described == {"name": f"hf:{folder}", "provider": "hf", "kind": "vit", "n_layers": loaded.n_layers,
                          "n_params": loaded.n_params, "input_size": list(loaded.data_config["input_size"]),
                          "prefix_tokens": 1}
@@ -356,4 +357,21 @@ def test_backbones_command_on_the_shipped_internvit_6b_architecture(capsys):
     intern, vit = rows
     assert intern["n_layers"] == 45 and intern["input_size"] == [3, 448, 448] and intern["prefix_tokens"] == 1
     assert abs(intern["n_params"] / 5.54e9 - 1) < 0.002  # the model card: 5540 M
+    # about 2 FLOPs per parameter and token (1025 tokens at 448 px), plus attention
+    assert 2 * 5.5365e9 * 1025 < intern["gflops"] * 1e9 < 1.1 * 2 * 5.5365e9 * 1025 + 45 * 4 * 1025**2 * 3200
     assert vit["provider"] == "timm" and vit["n_layers"] == 12 and vit["kind"] == "vit"
+
+
+def test_a_lazy_hf_backbone_is_the_folders_model_once_loaded(folders):
+    folder = folders["clip"][0]
+    eager = load_backbone(f"hf:{folder}", "hub")
+    lazy = load_backbone(f"hf:{folder}", "hub", lazy=True)
+    assert not lazy.loaded
+    for attr in ("weights_id", "cache_name", "n_layers", "n_params", "num_prefix_tokens", "data_config"):
+        assert getattr(lazy, attr) == getattr(eager, attr), attr
+    images = _images(3)
+    got = extract_features(lazy, images, [1, "final"], pooling="cls")
+    assert lazy.loaded
+    want = extract_features(eager, images, [1, "final"], pooling="cls")
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])

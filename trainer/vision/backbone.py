@@ -10,8 +10,12 @@ local model folder).  :func:`load_backbone` picks the provider by the name.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -21,8 +25,10 @@ from .._checks import check_type
 from ..config import FEATURE_PRECISIONS
 from ..errors import BCIError, UsageError
 
-__all__ = ["Backbone", "FEATURE_PRECISIONS", "HF_PREFIX", "check_model_name", "check_memory", "describe_backbone",
-           "feature_dtype", "load_backbone", "resolve_device"]
+__all__ = ["Backbone", "FEATURE_PRECISIONS", "HF_PREFIX", "check_model_name", "check_memory", "count_gflops",
+           "describe_backbone", "feature_dtype", "file_digest", "load_backbone", "resolve_device"]
+
+logger = logging.getLogger("trainer")
 
 #: names of Hugging Face transformers backbones start with this, followed by a local folder
 HF_PREFIX = "hf:"
@@ -130,6 +136,9 @@ class Backbone:
     model_kwargs: dict = field(default_factory=dict)
     provider: str = "timm"
     dtype: torch.dtype = torch.float32
+    # a backbone loaded lazily (load_backbone(lazy=True)) holds its architecture on the meta
+    # device and this loader of the real one, called by ensure_loaded()
+    _loader: Callable[[], "Backbone"] | None = None
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, weights_id={self.weights_id!r}, kind={self.kind!r}, "
@@ -156,6 +165,23 @@ class Backbone:
         raise NotImplementedError
 
     # -- shared
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (False for a lazy backbone not yet used)."""
+        return self._loader is None
+
+    def ensure_loaded(self) -> None:
+        """Load the weights of a lazy backbone (:func:`load_backbone` with ``lazy=True``), in
+        place; nothing for a loaded one.  A BCIError if the weights found are not the ones
+        its ``weights_id`` named."""
+        if self._loader is None:
+            return
+        real = self._loader()
+        if real.weights_id != self.weights_id:
+            raise BCIError(f"backbone {self.name}: the weights loaded ({real.weights_id}) are not the ones described "
+                           f"({self.weights_id}); did the weights change while this ran?")
+        self.__dict__.update(real.__dict__)
 
     def transform(self):
         """timm's evaluation transform for this model's data config (PIL RGB image -> CHW
@@ -209,6 +235,39 @@ class Backbone:
                 f"_{c.get('crop_mode') or 'center'}")
 
 
+_DIGESTS = "weight-digests.json"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a (weights) file, remembered in ``<cache>/weight-digests.json`` by its
+    absolute path, size and modification time: a 20 GB file is read once, not by every run
+    that names its weights."""
+    from ..config import default_cache_dir
+    from ..files import atomic_write_text, sha256_file
+
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = default_cache_dir() / _DIGESTS
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if not isinstance(memo, dict):
+        memo = {}
+    digest = memo.get(key)
+    if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
+        return digest
+    digest = sha256_file(path)
+    memo[key] = digest
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(memo_path, json.dumps(memo, indent=0) + "\n")
+    except OSError as err:  # a read-only cache: the digest is still right, only not remembered
+        logger.debug("could not remember the digest of %s in %s: %s", path, memo_path, err)
+    return digest
+
+
 def short_hash(text: str, n: int = 10) -> str:
     """The first ``n`` hex digits of the SHA-256 of ``text``."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
@@ -238,6 +297,7 @@ def load_backbone(
     model_kwargs: dict | None = None,
     trust_remote_code: bool = False,
     precision: str = "fp32",
+    lazy: bool = False,
 ) -> Backbone:
     """Create a frozen backbone: a timm model, or a transformers model for ``hf:FOLDER``.
 
@@ -267,6 +327,11 @@ def load_backbone(
         The dtype of the weights and of the pass (:func:`feature_dtype`: ``'auto'`` is
         bf16 or fp16 on a CUDA GPU, fp32 on a CPU).  On a GPU with too little free memory
         for the weights, a BCIError says how much is needed.
+    lazy : bool
+        Describe the backbone (its layers, data config, weights id: what feature cache keys
+        need) without loading its weights, which the first pass that needs them loads
+        (:meth:`Backbone.ensure_loaded`): a run whose features are all cached never reads
+        a 6-billion-parameter model.
 
     Raises
     ------
@@ -280,29 +345,49 @@ def load_backbone(
         from .hf_models import load_hf_backbone
 
         return load_hf_backbone(name, weights, device=device, seed=seed, model_kwargs=model_kwargs,
-                                trust_remote_code=trust_remote_code, precision=precision)
+                                trust_remote_code=trust_remote_code, precision=precision, lazy=lazy)
     from .timm_models import load_timm_backbone
 
     if trust_remote_code:
         raise UsageError("trust_remote_code (--trust-remote-code) applies to hf: backbones only; "
                          f"{name!r} is a timm model")
-    return load_timm_backbone(name, weights, device=device, seed=seed, model_kwargs=model_kwargs, precision=precision)
+    return load_timm_backbone(name, weights, device=device, seed=seed, model_kwargs=model_kwargs, precision=precision,
+                              lazy=lazy)
 
 
-def describe_backbone(name: str, *, model_kwargs: dict | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+def count_gflops(forward: Callable[[torch.Tensor], Any], input_size) -> float | None:
+    """Floating-point operations (10^9, multiply and add counted apart) of ``forward`` on
+    one image of ``input_size`` (C, H, W), counted by torch's FlopCounterMode on the meta
+    device (matrix products and convolutions; no weights, no time); None when the forward
+    cannot run there."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        x = torch.empty(1, *input_size, device="meta")
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            forward(x)
+        return counter.get_total_flops() / 1e9
+    except Exception:  # a model whose code does something the meta device cannot
+        return None
+
+
+def describe_backbone(name: str, *, model_kwargs: dict | None = None, trust_remote_code: bool = False,
+                      flops: bool = False) -> dict[str, Any]:
     """What :func:`load_backbone` would report of ``name`` (provider, kind, number of
-    layers, number of parameters, input size), from the architecture alone: the model is
-    built on PyTorch's meta device, without weights or memory, so that a 6-billion-parameter
-    model is described in a second on any machine."""
+    layers, number of parameters, input size), and with ``flops`` the GFLOPs of its whole
+    pass over one image (``gflops``, see :func:`count_gflops`; a few seconds for the
+    largest models), from the architecture alone: the model is built on PyTorch's meta
+    device, without weights or memory, so that a 6-billion-parameter model is described on
+    any machine."""
     check_type(name, str, "name")
     check_model_name(name)
     if name.startswith(HF_PREFIX):
         from .hf_models import describe_hf
 
-        return describe_hf(name, trust_remote_code=trust_remote_code)
+        return describe_hf(name, trust_remote_code=trust_remote_code, flops=flops)
     from .timm_models import describe_timm
 
     if trust_remote_code:
         raise UsageError("trust_remote_code (--trust-remote-code) applies to hf: backbones only; "
                          f"{name!r} is a timm model")
-    return describe_timm(name, model_kwargs=model_kwargs)
+    return describe_timm(name, model_kwargs=model_kwargs, flops=flops)

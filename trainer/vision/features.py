@@ -154,6 +154,7 @@ def auto_batch_size(backbone: Backbone, layers, *, pooling: str = "mean") -> int
     check_type(backbone, Backbone, "backbone")
     if backbone.device.type != "cuda":
         return CPU_BATCH_SIZE
+    backbone.ensure_loaded()
     keys, indices = _parse_layers(backbone, layers)
     want_final = FINAL in keys
     probe = 4
@@ -233,6 +234,7 @@ def extract_features(
     n_total, load = _image_source(images)
     if n_total == 0:
         raise UsageError("images is empty")
+    backbone.ensure_loaded()  # a lazy backbone's weights are read now, when a pass needs them
     size = batch_size or auto_batch_size(backbone, layers, pooling=pooling)
 
     transform = backbone.loader_transform()

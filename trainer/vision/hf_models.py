@@ -23,6 +23,7 @@ runs with the user's rights.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -33,8 +34,7 @@ import torch
 
 from .._checks import check_type
 from ..errors import BCIError, UsageError
-from ..files import sha256_file
-from .backbone import HF_PREFIX, Backbone, check_memory, feature_dtype, resolve_device, short_hash
+from .backbone import HF_PREFIX, Backbone, check_memory, count_gflops, feature_dtype, file_digest, resolve_device, short_hash
 
 __all__ = ["HFBackbone", "check_hf_name", "describe_hf", "hf_data_config", "load_hf_backbone"]
 
@@ -157,19 +157,13 @@ def check_hf_name(name: str) -> None:
         raise BCIError(f"backbone {name!r}: {folder} has no config.json; it is not a transformers model folder")
 
 
-_HASH_MEMO: dict[tuple, str] = {}
-
-
 def _weights_hash(folder: Path) -> str:
-    """SHA-256 over the names and contents of the folder's weight files (and its config),
-    memoised in this process by their sizes and modification times."""
+    """SHA-256 over the names and contents of the folder's weight files (and its config)."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"))
-    key = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    if key not in _HASH_MEMO:
-        if sum(s for _, s, _ in key) > 1 << 30:
-            logger.info("hashing the weights in %s (%.1f GB) for the feature cache key", folder, sum(s for _, s, _ in key) / 1e9)
-        _HASH_MEMO[key] = short_hash("\n".join(f"{p.name} {sha256_file(p)}" for p in files), 64)
-    return _HASH_MEMO[key]
+    size = sum(p.stat().st_size for p in files)
+    if size > 1 << 30:
+        logger.info("the weights in %s (%.1f GB): their SHA-256 for the feature cache key (remembered)", folder, size / 1e9)
+    return short_hash("\n".join(f"{p.name} {file_digest(p)}" for p in files), 64)
 
 
 def _size(value, what: str, path: Path) -> tuple[int, int] | int:
@@ -293,7 +287,7 @@ def _anatomy(model: torch.nn.Module, name: str):
     return tower, projection, tower_config, _blocks(tower, n_layers, name)
 
 
-def describe_hf(name: str, *, trust_remote_code: bool = False) -> dict:
+def describe_hf(name: str, *, trust_remote_code: bool = False, flops: bool = False) -> dict:
     """See :func:`trainer.vision.describe_backbone`: the folder's architecture on the meta
     device (its weights are not read)."""
     check_hf_name(name)
@@ -311,9 +305,11 @@ def describe_hf(name: str, *, trust_remote_code: bool = False) -> dict:
         raise BCIError(f"could not build the transformers model of {folder} ({type(err).__name__}: {err})") from err
     tower, projection, tower_config, blocks = _anatomy(model, name)
     parts = [tower] + ([projection] if projection is not None else [])
+    input_size = list(hf_data_config(folder, tower_config)["input_size"])
     return {"name": name, "provider": "hf", "kind": "vit", "n_layers": len(blocks),
             "n_params": int(sum(p.numel() for m in parts for p in m.parameters())),
-            "input_size": list(hf_data_config(folder, tower_config)["input_size"]), "prefix_tokens": _prefix_tokens(tower)}
+            "input_size": input_size, "prefix_tokens": _prefix_tokens(tower),
+            "gflops": count_gflops(lambda x: tower(pixel_values=x), input_size) if flops else None}
 
 
 def load_hf_backbone(
@@ -325,6 +321,7 @@ def load_hf_backbone(
     model_kwargs: dict | None = None,
     trust_remote_code: bool = False,
     precision: str = "fp32",
+    lazy: bool = False,
 ) -> HFBackbone:
     """A frozen transformers vision tower from ``hf:FOLDER``; see
     :func:`trainer.vision.load_backbone` for the arguments.  ``weights``: ``"hub"`` (the
@@ -358,7 +355,11 @@ def load_hf_backbone(
     hf_logging.disable_progress_bar()  # a bar per weights file; this tool logs what it loaded
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, **remote)
-        if weights == "random":
+        if lazy:  # the architecture only, on the meta device
+            with torch.device("meta"):
+                model = AutoModel.from_config(config, **remote)
+            weights_id = f"random-seed{seed}" if weights == "random" else f"folder-{_weights_hash(folder)[:16]}"
+        elif weights == "random":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = AutoModel.from_config(config, **remote)
@@ -382,15 +383,22 @@ def load_hf_backbone(
     del model  # a text tower or language model beside the vision tower is freed here
     part.eval()
     part.requires_grad_(False)
-    check_memory(name, sum(p.numel() for p in part.parameters()), dtype, torch_device)
-    part.to(device=torch_device, dtype=dtype)
+    loader = None
+    if lazy:
+        loader = functools.partial(load_hf_backbone, name, weights, device=torch_device, seed=seed,
+                                   trust_remote_code=trust_remote_code, precision=precision)
+    else:
+        check_memory(name, sum(p.numel() for p in part.parameters()), dtype, torch_device)
+        part.to(device=torch_device, dtype=dtype)
     backbone = HFBackbone(
         name=name, weights=weights, weights_id=weights_id, model=part, device=torch_device,
         data_config=hf_data_config(folder, tower_config), n_layers=n_layers, kind="vit",
         n_params=int(sum(p.numel() for p in part.parameters())), model_kwargs={}, provider="hf",
         folder=folder, config_hash=short_hash(json.dumps(raw, sort_keys=True), 10), tower=tower,
-        projection=projection, blocks=blocks, prefix_tokens=_prefix_tokens(tower), dtype=dtype,
+        projection=projection, blocks=blocks, prefix_tokens=_prefix_tokens(tower), dtype=dtype, _loader=loader,
     )
+    if lazy:
+        return backbone
     logger.info("backbone %s (%s): transformers %s, %d layers, %d prefix token(s), %.1fM parameters, on %s",
                 name, weights_id, type(tower).__name__, n_layers, backbone.prefix_tokens, backbone.n_params / 1e6,
                 torch_device)

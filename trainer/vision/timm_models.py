@@ -18,6 +18,7 @@ Kinds
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import logging
 import os
@@ -30,8 +31,7 @@ import torch
 
 from .._checks import check_type
 from ..errors import BCIError, UsageError
-from ..files import sha256_file
-from .backbone import Backbone, check_memory, feature_dtype, resolve_device
+from .backbone import Backbone, check_memory, count_gflops, feature_dtype, file_digest, resolve_device
 
 __all__ = ["TimmBackbone", "check_timm_name", "create_model", "describe_timm", "load_timm_backbone"]
 
@@ -139,6 +139,7 @@ def load_timm_backbone(
     seed: int = 0,
     model_kwargs: dict | None = None,
     precision: str = "fp32",
+    lazy: bool = False,
 ) -> TimmBackbone:
     """A frozen timm backbone; see :func:`trainer.vision.load_backbone` for the arguments."""
     check_type(name, str, "name")
@@ -151,6 +152,8 @@ def load_timm_backbone(
     torch_device = resolve_device(device)
     weights = os.fspath(weights)
     check_timm_name(name)
+    if lazy:
+        return _lazy(name, weights, torch_device, seed, model_kwargs, precision)
 
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
@@ -175,7 +178,7 @@ def load_timm_backbone(
         if not path.is_file():
             raise BCIError(f"weights file not found: {path} (weights must be 'random', 'hub' or a path "
                            f"to a local .safetensors/.bin/.pth file)")
-        weights_id = f"file-{sha256_file(path)[:16]}"
+        weights_id = f"file-{file_digest(path)[:16]}"
         # custom_load makes timm hand the file to model.load_pretrained(), which for ViTs
         # expects a JAX .npz; a state-dict file must go through the normal loader.
         overlay = dict(file=str(path), custom_load=path.suffix.lower() == ".npz")
@@ -213,6 +216,32 @@ def load_timm_backbone(
     return backbone
 
 
+def _lazy(name: str, weights: str, device: torch.device, seed: int, model_kwargs: dict, precision: str) -> TimmBackbone:
+    """The backbone built on the meta device, its weights id named as loading would name it,
+    and a loader of the real one."""
+    with torch.device("meta"):
+        model = create_model(name, pretrained=False, **model_kwargs)
+    if weights == "random":
+        weights_id = f"random-seed{seed}"
+    elif weights == "hub":
+        weights_id = f"hub-{model.pretrained_cfg.get('tag') or 'default'}"
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise BCIError(f"weights file not found: {path} (weights must be 'random', 'hub' or a path "
+                           f"to a local .safetensors/.bin/.pth file)")
+        weights_id = f"file-{file_digest(path)[:16]}"
+    if not callable(getattr(model, "forward_intermediates", None)):
+        raise BCIError(f"timm model {name!r} has no forward_intermediates(); intermediate layers cannot "
+                       f"be extracted from it. Choose another backbone.")
+    data_config, kind, n_layers, n_params, params = _anatomy(model, model_kwargs)
+    loader = functools.partial(load_timm_backbone, name, weights, device=device, seed=seed, model_kwargs=model_kwargs,
+                               precision=precision)
+    return TimmBackbone(name=name, weights=weights, weights_id=weights_id, model=model, device=device,
+                        data_config=data_config, n_layers=n_layers, kind=kind, n_params=n_params, model_kwargs=model_kwargs,
+                        provider="timm", dtype=feature_dtype(precision, device), _loader=loader, _fi_params=params)
+
+
 def _anatomy(model: torch.nn.Module, model_kwargs: dict) -> tuple[dict, str, int, int, frozenset]:
     """(data config, kind, number of layers, number of parameters, forward_intermediates'
     parameter names) of a timm model."""
@@ -228,7 +257,7 @@ def _anatomy(model: torch.nn.Module, model_kwargs: dict) -> tuple[dict, str, int
     return data_config, kind, _count_layers(model, data_config), int(sum(p.numel() for p in model.parameters())), params
 
 
-def describe_timm(name: str, *, model_kwargs: dict | None = None) -> dict[str, Any]:
+def describe_timm(name: str, *, model_kwargs: dict | None = None, flops: bool = False) -> dict[str, Any]:
     """See :func:`trainer.vision.describe_backbone`."""
     check_timm_name(name)
     model_kwargs = dict(model_kwargs or {})
@@ -240,7 +269,8 @@ def describe_timm(name: str, *, model_kwargs: dict | None = None) -> dict[str, A
     data_config, kind, n_layers, n_params, _ = _anatomy(model, model_kwargs)
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0) if kind == "vit" else 0
     return {"name": name, "provider": "timm", "kind": kind, "n_layers": n_layers, "n_params": n_params,
-            "input_size": list(data_config["input_size"]), "prefix_tokens": prefix}
+            "input_size": list(data_config["input_size"]), "prefix_tokens": prefix,
+            "gflops": count_gflops(model.forward_features, data_config["input_size"]) if flops else None}
 
 
 class _DropTimmFileLoadInfo(logging.Filter):
