@@ -18,12 +18,28 @@ SCRIPT = textwrap.dedent("""
     from mne_lsl.lsl import StreamInfo, StreamInlet, StreamOutlet, resolve_streams
     name = sys.argv[2]
     outlet = StreamOutlet(StreamInfo(name, "EEG", 1, 100.0, "float32", name + "-src"))
-    inlet = StreamInlet(resolve_streams(timeout=3.0, name=name)[0])
-    inlet.open_stream(timeout=3.0)
+    found = resolve_streams(timeout=15.0, name=name)  # returns as soon as the stream is seen
+    if not found:
+        sys.exit(f"stream {name} not found")
+    # recover=False: once liblsl's data thread has dealt with the break (logged it, when its
+    # log level lets it), pulling raises LostError, so this process can wait for exactly that
+    inlet = StreamInlet(found[0], recover=False)
+    inlet.open_stream(timeout=15.0)
     outlet.push_sample(np.zeros(1, np.float32))
     time.sleep(0.3)
     del outlet  # the other end goes away, as at a replay's or an amplifier app's exit
-    time.sleep(2.5)  # liblsl notices within a moment; a loaded machine needs more than one second
+    # Exiting earlier would shut the inlet down first, and liblsl says nothing about a break
+    # it sees while shutting down: wait until it has noticed (a moment; longer when loaded).
+    deadline = time.monotonic() + 15.0
+    while True:
+        try:
+            inlet.pull_sample(timeout=0.05)
+        except RuntimeError as err:  # mne_lsl's LostError
+            if type(err).__name__ != "LostError":
+                raise
+            break
+        if time.monotonic() > deadline:
+            sys.exit("liblsl did not notice within 15 s that the outlet was gone")
 """)
 
 
@@ -47,4 +63,5 @@ def test_liblsl_says_nothing_when_a_stream_ends_unless_the_user_configured_it(tm
     own = tmp_path / "lsl_api.cfg"
     own.write_text("[log]\nlevel = 0\n")
     kept = _run("quiet", tmp_path, stream_name + "-own")
+    assert kept.returncode == 0, kept.stderr
     assert "ERR| Stream transmission broke off" in kept.stderr
