@@ -34,7 +34,7 @@ from .config import FitConfig, default_cache_dir
 from .errors import DataFormatError, UsageError
 from .files import atomic_path, atomic_write_text
 from .progress import Progress
-from .sweep import Engine, SweepRun, plan_runs, run_sweep, write_report
+from .sweep import Engine, SweepRun, plan_runs, run_sweep, save_plot, write_report
 
 __all__ = ["Protocol", "load_protocol", "plan_protocol", "reproduce"]
 
@@ -271,13 +271,6 @@ def _scaling_plot(table: list[dict], path: Path, title: str) -> dict[str, float]
                     label=f"final layer (r = {r_final:.2f})")
     for xi, t in zip(x, table):
         ax.annotate(t["backbone"], (xi, t["top1"]), fontsize=6)
-    ax.set_xlabel("ln(parameters)")
-    ax.set_ylabel("test top-1 (mean ± s.d. over subjects and seeds)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_plot(fig, ax, path, "ln(parameters)", "test top-1 (mean ± s.d. over subjects and seeds)")
     return {"r_chosen": r_chosen, "r_final": r_final}

@@ -34,7 +34,7 @@ from .errors import BCIError, UsageError
 from .files import atomic_path, atomic_write_text
 from .progress import JobProgress, Progress
 
-__all__ = ["ENGINES", "Engine", "SweepRun", "feature_key", "plan_runs", "run_sweep", "sweep", "write_report"]
+__all__ = ["ENGINES", "Engine", "SweepRun", "feature_key", "plan_runs", "run_sweep", "save_plot", "sweep", "write_report"]
 
 logger = logging.getLogger("trainer")
 
@@ -349,7 +349,8 @@ def _mean_by(rows: list[dict], keys: tuple[str, ...], value: str) -> dict[tuple,
     return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
-def _save_plot(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
+def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
+    """Label, grid, legend and write a matplotlib figure as a PNG (atomically), and close it."""
     import matplotlib.pyplot as plt
 
     ax.set_xlabel(xlabel)
@@ -407,7 +408,7 @@ def write_report(rows: list[dict], out: Path) -> None:
         line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=b)[0]
         if (b, "final") in test:
             ax.plot([1.05], [test[(b, "final")]], marker="*", markersize=12, color=line.get_color(), linestyle="none")
-    _save_plot(fig, ax, out / "top1_vs_depth.png", "relative depth of the aligned layer (star: final layer)",
+    save_plot(fig, ax, out / "top1_vs_depth.png", "relative depth of the aligned layer (star: final layer)",
                "test top-1 (averaged repetitions)")
 
     if len(summary) >= 2:
@@ -424,7 +425,7 @@ def write_report(rows: list[dict], out: Path) -> None:
             ax.scatter(fx, fy, marker="*", label=f"final layer (r = {r_final:.2f})")
         for xi, s in zip(x, summary):
             ax.annotate(s[0], (xi, s[3]), fontsize=6)
-        _save_plot(fig, ax, out / "top1_vs_params.png", "ln(parameters)", "test top-1")
+        save_plot(fig, ax, out / "top1_vs_params.png", "ln(parameters)", "test top-1")
         lines += ["", f"Correlation of test top-1 with ln(parameters): best intermediate layer r = {r_best:.2f}, "
                       f"final layer r = {r_final:.2f}."]
     lines += ["", "![top-1 vs depth](top1_vs_depth.png)"]

@@ -172,13 +172,9 @@ def load_timm_backbone(
                 f"them once and pass the local file instead: --weights /path/to/model.safetensors "
                 f"(weights='/path/to/model.safetensors' in Python)."
             ) from err
-        weights_id = f"hub-{model.pretrained_cfg.get('tag') or 'default'}"
+        weights_id = _hub_id(model)
     else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise BCIError(f"weights file not found: {path} (weights must be 'random', 'hub' or a path "
-                           f"to a local .safetensors/.bin/.pth file)")
-        weights_id = f"file-{file_digest(path)[:16]}"
+        path, weights_id = _weights_file(weights)
         # custom_load makes timm hand the file to model.load_pretrained(), which for ViTs
         # expects a JAX .npz; a state-dict file must go through the normal loader.
         overlay = dict(file=str(path), custom_load=path.suffix.lower() == ".npz")
@@ -216,6 +212,19 @@ def load_timm_backbone(
     return backbone
 
 
+def _hub_id(model: torch.nn.Module) -> str:
+    return f"hub-{model.pretrained_cfg.get('tag') or 'default'}"
+
+
+def _weights_file(weights: str) -> tuple[Path, str]:
+    """(the path, the weights id) of a local weights file; a BCIError when it is missing."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise BCIError(f"weights file not found: {path} (weights must be 'random', 'hub' or a path "
+                       f"to a local .safetensors/.bin/.pth file)")
+    return path, f"file-{file_digest(path)[:16]}"
+
+
 def _lazy(name: str, weights: str, device: torch.device, seed: int, model_kwargs: dict, precision: str) -> TimmBackbone:
     """The backbone built on the meta device, its weights id named as loading would name it,
     and a loader of the real one."""
@@ -223,14 +232,8 @@ def _lazy(name: str, weights: str, device: torch.device, seed: int, model_kwargs
         model = create_model(name, pretrained=False, **model_kwargs)
     if weights == "random":
         weights_id = f"random-seed{seed}"
-    elif weights == "hub":
-        weights_id = f"hub-{model.pretrained_cfg.get('tag') or 'default'}"
     else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise BCIError(f"weights file not found: {path} (weights must be 'random', 'hub' or a path "
-                           f"to a local .safetensors/.bin/.pth file)")
-        weights_id = f"file-{file_digest(path)[:16]}"
+        weights_id = _hub_id(model) if weights == "hub" else _weights_file(weights)[1]
     if not callable(getattr(model, "forward_intermediates", None)):
         raise BCIError(f"timm model {name!r} has no forward_intermediates(); intermediate layers cannot "
                        f"be extracted from it. Choose another backbone.")
