@@ -54,9 +54,6 @@ TEMPERATURE_RANGE = (0.999 * MIN_TEMPERATURE, 1.001 * MAX_TEMPERATURE)
 #: bundle.json and gallery.json larger than this are refused unread (a 16 540-image
 #: gallery.json is about 2 MB)
 _MAX_JSON_BYTES = 64 * 1024 * 1024
-# the backbone's dtype a bundle records -> the precision that loads it so (re-targeting
-# embeds new images as the fit embedded its gallery)
-_PASS_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -142,7 +139,7 @@ class Bundle:
         ``weights`` (default: where it records) and checked by its weights id;
         ``trust_remote_code`` as :func:`trainer.vision.load_backbone` takes it."""
         from .errors import BCIError
-        from .vision import load_backbone
+        from .vision import load_backbone, precision_of
 
         if not self.image_projector_state:
             raise DataFormatError(self.path / "encoder.safetensors", "image_projector",
@@ -151,7 +148,8 @@ class Bundle:
         size = info.get("image_size") or 0
         backbone = load_backbone(info["name"], weights or info.get("weights") or "hub", device=device, seed=0,
                                  model_kwargs={"img_size": size} if size else None, trust_remote_code=trust_remote_code,
-                                 precision=_PASS_PRECISION.get(info.get("dtype", "float32"), "fp32"))
+                                 # in the dtype the fit's pass ran in: new images embedded as the gallery was
+                                 precision=precision_of(info.get("dtype", "float32")))
         if info.get("weights_id") and backbone.weights_id != info["weights_id"]:
             raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
                            f"({info['weights_id']}); pass the same weights file with --weights")

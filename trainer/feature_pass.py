@@ -62,7 +62,7 @@ def feature_pass(
         raise UsageError("give either --devices (workers on this machine) or --rank/--world (one worker of a cluster)")
     cache = Path(cfg.cache).expanduser() if cfg.cache else default_cache_dir()
     cfg = dataclasses.replace(cfg, cache=str(cache))
-    train_images, test_images = load_image_sets(cfg.data, "meg" if cfg.source == "meg" else "auto")
+    train_images, test_images = load_image_sets(cfg.data, cfg.source)
     n_images = len(train_images) + len(test_images)
     started = time.perf_counter()
     layers = cfg.layers or "auto"

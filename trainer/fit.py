@@ -588,6 +588,8 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
 def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model: AlignmentModel, chosen: LayerResult,
                    gallery_features: np.ndarray, device: torch.device, *, layer_search: str = "fixed") -> dict[str, Any]:
     """Evaluate the chosen model on the test set (once) and write the bundle; the test metrics."""
+    from .vision import dtype_name
+
     with torch.inference_mode():
         gallery = normalised_embedding(model.embed_images, torch.from_numpy(gallery_features).to(device)).cpu().numpy()
     targets = data.test_image_ids  # row i shows test image test_image_ids[i]; gallery is in image order
@@ -613,7 +615,7 @@ def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model
         gallery_files=[str(Path(c) / f) for c, f in zip(test_images.concepts, test_images.files)],
         gallery_images=[(lambda i=i: test_images.open(i)) for i in range(len(test_images))],
         backbone={"name": backbone.name, "provider": backbone.provider, "weights": cfg.weights, "weights_id": backbone.weights_id,
-                  "image_size": cfg.image_size, "dtype": str(backbone.dtype).removeprefix("torch."),
+                  "image_size": cfg.image_size, "dtype": dtype_name(backbone.dtype),
                   "n_params": backbone.n_params, "n_layers": backbone.n_layers,
                   "preprocessing_id": backbone.preprocessing_id()},
         layer=chosen.layer,

@@ -21,8 +21,10 @@ from .backbone import (
     Backbone,
     check_model_name,
     describe_backbone,
+    dtype_name,
     feature_dtype,
     load_backbone,
+    precision_of,
     resolve_device,
 )
 from .features import (
@@ -50,9 +52,11 @@ __all__ = [
     "compute_feature_shards",
     "create_model",
     "describe_backbone",
+    "dtype_name",
     "extract_features",
     "feature_cache_key",
     "feature_dtype",
     "load_backbone",
+    "precision_of",
     "resolve_device",
 ]

@@ -26,13 +26,25 @@ from ..config import FEATURE_PRECISIONS
 from ..errors import BCIError, UsageError
 
 __all__ = ["Backbone", "FEATURE_PRECISIONS", "HF_PREFIX", "check_model_name", "check_memory", "count_gflops",
-           "describe_backbone", "feature_dtype", "file_digest", "load_backbone", "resolve_device"]
+           "describe_backbone", "dtype_name", "feature_dtype", "file_digest", "load_backbone", "precision_of",
+           "resolve_device"]
 
 logger = logging.getLogger("trainer")
 
 #: names of Hugging Face transformers backbones start with this, followed by a local folder
 HF_PREFIX = "hf:"
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: how bundles and cache metadata name a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
+def precision_of(name: str) -> str:
+    """The ``precision`` (:data:`FEATURE_PRECISIONS`) whose dtype :func:`dtype_name` names
+    ``name``; ``"fp32"`` for a name it does not know."""
+    return next((p for p, d in _DTYPES.items() if dtype_name(d) == name), "fp32")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -86,7 +98,7 @@ def check_memory(name: str, n_params: int, dtype: torch.dtype, device: torch.dev
     if need * 1.1 > free:
         raise BCIError(
             f"backbone {name!r} needs {need / 1e9:.1f} GB for its {n_params / 1e9:.2f} B parameters in "
-            f"{str(dtype).removeprefix('torch.')} (and room for a batch), but {device} has {free / 1e9:.1f} GB free "
+            f"{dtype_name(dtype)} (and room for a batch), but {device} has {free / 1e9:.1f} GB free "
             f"of {total / 1e9:.1f} GB. Use a GPU with more memory, --feature-precision bf16 or fp16 (half of fp32's), "
             f"another GPU (--device cuda:N), or --device cpu (slow)")
 
@@ -164,6 +176,11 @@ class Backbone:
         after the deepest index."""
         raise NotImplementedError
 
+    def features_forward(self, x: torch.Tensor) -> Any:
+        """The model's own pass up to its last layer (no head): what its GFLOPs per image
+        count (:func:`count_gflops`)."""
+        raise NotImplementedError
+
     # -- shared
 
     @property
@@ -239,9 +256,9 @@ _DIGESTS = "weight-digests.json"
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """The SHA-256 of a (weights) file, remembered in ``<cache>/weight-digests.json`` by its
-    absolute path, size and modification time: a 20 GB file is read once, not by every run
-    that names its weights."""
+    """The SHA-256 of a (weights) file, remembered in ``weight-digests.json`` of the default
+    cache folder by its absolute path, size and modification time: a 20 GB file is read
+    once, not by every run that names its weights."""
     from ..config import default_cache_dir
     from ..files import atomic_write_text, sha256_file
 
@@ -376,18 +393,11 @@ def describe_backbone(name: str, *, model_kwargs: dict | None = None, trust_remo
     """What :func:`load_backbone` would report of ``name`` (provider, kind, number of
     layers, number of parameters, input size), and with ``flops`` the GFLOPs of its whole
     pass over one image (``gflops``, see :func:`count_gflops`; a few seconds for the
-    largest models), from the architecture alone: the model is built on PyTorch's meta
-    device, without weights or memory, so that a 6-billion-parameter model is described on
-    any machine."""
-    check_type(name, str, "name")
-    check_model_name(name)
-    if name.startswith(HF_PREFIX):
-        from .hf_models import describe_hf
-
-        return describe_hf(name, trust_remote_code=trust_remote_code, flops=flops)
-    from .timm_models import describe_timm
-
-    if trust_remote_code:
-        raise UsageError("trust_remote_code (--trust-remote-code) applies to hf: backbones only; "
-                         f"{name!r} is a timm model")
-    return describe_timm(name, model_kwargs=model_kwargs, flops=flops)
+    largest models), from the architecture alone: the lazy backbone (built on PyTorch's
+    meta device, without weights or memory), so that a 6-billion-parameter model is
+    described on any machine."""
+    backbone = load_backbone(name, "random", model_kwargs=model_kwargs, trust_remote_code=trust_remote_code, lazy=True)
+    input_size = list(backbone.data_config["input_size"])
+    return {"name": name, "provider": backbone.provider, "kind": backbone.kind, "n_layers": backbone.n_layers,
+            "n_params": backbone.n_params, "input_size": input_size, "prefix_tokens": backbone.num_prefix_tokens,
+            "gflops": count_gflops(backbone.features_forward, input_size) if flops else None}

@@ -39,7 +39,7 @@ from ..config import FINAL, POOLINGS, layer_key, layer_of_key
 from ..data.images import open_rgb
 from ..errors import BCIError, UsageError, UsageTypeError
 from ..files import atomic_path
-from .backbone import Backbone, short_hash
+from .backbone import Backbone, dtype_name, short_hash
 
 __all__ = ["CPU_BATCH_SIZE", "POOLINGS", "SHARD_SIZE", "auto_batch_size", "cached_features", "check_pooling",
            "compute_feature_shards", "extract_features", "feature_cache_key", "pool"]
@@ -146,7 +146,7 @@ _MAX_AUTO_BATCH = 512
 _OOM = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
 
 
-def auto_batch_size(backbone: Backbone, layers, *, pooling: str = "mean") -> int:
+def auto_batch_size(backbone: Backbone, layers) -> int:
     """A batch size for :func:`extract_features` of ``layers`` on the backbone's device:
     :data:`CPU_BATCH_SIZE` on a CPU; on a CUDA GPU, what fits in 80 % of its free memory,
     from the peak memory of a probe batch of 4 (at most 512).  A batch that runs out of
@@ -235,7 +235,7 @@ def extract_features(
     if n_total == 0:
         raise UsageError("images is empty")
     backbone.ensure_loaded()  # a lazy backbone's weights are read now, when a pass needs them
-    size = batch_size or auto_batch_size(backbone, layers, pooling=pooling)
+    size = batch_size or auto_batch_size(backbone, layers)
 
     transform = backbone.loader_transform()
     job = lambda i: transform(load(i))  # noqa: E731
@@ -311,10 +311,6 @@ def _slug(text: str, max_len: int = 40) -> str:
     return f"{safe[:max_len]}-{short_hash(text)}"
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def feature_cache_key(backbone: Backbone, layer_key: str, pooling: str, image_ids: str) -> str:
     """Filesystem-safe cache key: backbone (its ``cache_name``), weights id, layer, pooling,
     a hash of the preprocessing (and model arguments, and the pass's dtype when it is not
@@ -336,7 +332,7 @@ def feature_cache_key(backbone: Backbone, layer_key: str, pooling: str, image_id
     if backbone.model_kwargs:
         config += "|" + repr(sorted(backbone.model_kwargs.items()))
     if backbone.dtype != torch.float32:
-        config += "|" + _dtype_name(backbone.dtype)
+        config += "|" + dtype_name(backbone.dtype)
     parts = [_slug(backbone.cache_name, 60), _slug(backbone.weights_id, 40), layer_key, pool_part,
              "pre" + short_hash(config, 12), _slug(image_ids, 40), _CACHE_FORMAT]
     return "__".join(parts)
@@ -407,7 +403,6 @@ class _CachePlan:
             check_option(pooling, POOLINGS, "pooling")
         self.cache_dir = check_path(cache_dir, "cache_dir")
         self.n_images, self.load = _image_source(images)
-        self.images = images
         self.half = backbone.dtype != torch.float32
         self.paths: dict[str, Path] = {}
         self.metas: dict[str, dict[str, str]] = {}
@@ -423,22 +418,22 @@ class _CachePlan:
                 "image_set_id": image_set_id,
             }
             if self.half:
-                self.metas[key]["dtype"] = _dtype_name(backbone.dtype)
+                self.metas[key]["dtype"] = dtype_name(backbone.dtype)
 
     def read(self, key: str) -> np.ndarray | None:
         path = self.paths[key]
         return _read_cache(path, self.n_images, self.metas[key]) if path.is_file() else None
 
-    def shard_done(self, key: str, a: int, b: int) -> bool:
+    def read_shard(self, key: str, a: int, b: int) -> np.ndarray | None:
+        """Images ``a:b`` of the layer, from their shard file; None when it is not (yet) usable."""
         path = _shard_path(self.paths[key], a, b)
-        return path.is_file() and _read_cache(path, b - a, self.metas[key], quiet=True) is not None
+        return _read_cache(path, b - a, self.metas[key], quiet=True) if path.is_file() else None
 
     def merge(self, key: str, shard_size: int) -> np.ndarray | None:
         """Join the layer's shards into its cache file (and delete them) once all are there."""
         parts = []
         for a, b in _shard_bounds(self.n_images, shard_size):
-            path = _shard_path(self.paths[key], a, b)
-            arr = _read_cache(path, b - a, self.metas[key], quiet=True) if path.is_file() else None
+            arr = self.read_shard(key, a, b)
             if arr is None:
                 return None
             parts.append(arr)
@@ -480,14 +475,26 @@ def compute_feature_shards(
         raise UsageError(f"rank must be within 0..{world - 1} (world {world}), got {rank!r}")
     plan = _CachePlan(backbone, images, layers, pooling, cache_dir, image_set_id)
     plan.cache_dir.mkdir(parents=True, exist_ok=True)
-    missing = [k for k in plan.keys if not plan.paths[k].is_file() or plan.read(k) is None]
+    missing = [k for k in plan.keys if plan.read(k) is None]
+    merged = _run_shards(backbone, plan, missing, pooling, batch_size, progress, rank, world, shard_size)
+    return all(merged[k] is not None for k in missing)
+
+
+def _run_shards(backbone: Backbone, plan: _CachePlan, missing: list[str], pooling: str, batch_size: int,
+                progress: Callable[[int, int], Any] | None, rank: int, world: int, shard_size: int
+                ) -> dict[str, np.ndarray | None]:
+    """Compute worker ``rank``'s missing shards of the layers ``missing`` (see
+    :func:`compute_feature_shards`), then merge each layer whose shards are all there; per
+    layer its merged features, or None while other workers' shards are missing."""
     mine = [(a, b) for i, (a, b) in enumerate(_shard_bounds(plan.n_images, shard_size)) if i % world == rank]
-    todo = [(a, b, [k for k in missing if not plan.shard_done(k, a, b)]) for a, b in mine]
+    todo = [(a, b, [k for k in missing if plan.read_shard(k, a, b) is None]) for a, b in mine]
     todo = [(a, b, keys) for a, b, keys in todo if keys]
     total = sum(b - a for a, b, _ in todo)
     if todo:
         logger.info("computing %s of %s for %d of %d images (worker %d of %d, %d shard(s) of %d)",
                     ", ".join(missing), backbone.name, total, plan.n_images, rank + 1, world, len(todo), shard_size)
+        # one batch size for the whole pass (a GPU's memory is probed once, not per shard)
+        batch_size = batch_size or auto_batch_size(backbone, [layer_of_key(k) for k in missing])
     done = 0
     for a, b, keys in todo:
         def shard_progress(n: int, _total: int, done=done) -> None:
@@ -501,10 +508,7 @@ def compute_feature_shards(
             path.parent.mkdir(parents=True, exist_ok=True)
             _write_cache(path, computed[key], plan.metas[key], plan.half)
         done += b - a
-    complete = True
-    for key in missing:
-        complete &= plan.merge(key, shard_size) is not None
-    return complete
+    return {key: plan.merge(key, shard_size) for key in missing}
 
 
 def cached_features(
@@ -544,11 +548,9 @@ def cached_features(
             _write_cache(plan.paths[key], computed[key], plan.metas[key], plan.half)
             result[key] = plan.read(key) if plan.half else computed[key]
         return {key: result[key] for key in plan.keys}
-    compute_feature_shards(backbone, images, [layer_of_key(k) for k in missing], pooling=pooling, cache_dir=cache_dir,
-                           image_set_id=image_set_id, batch_size=batch_size, progress=progress)
+    merged = _run_shards(backbone, plan, missing, pooling, batch_size, progress, 0, 1, SHARD_SIZE)
     for key in missing:
-        arr = plan.read(key)
-        if arr is None:
+        if merged[key] is None:
             raise RuntimeError(f"feature cache {plan.paths[key]} missing after its pass")
-        result[key] = arr
+        result[key] = merged[key]
     return {key: result[key] for key in plan.keys}

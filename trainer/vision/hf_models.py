@@ -34,9 +34,9 @@ import torch
 
 from .._checks import check_type
 from ..errors import BCIError, UsageError
-from .backbone import HF_PREFIX, Backbone, check_memory, count_gflops, feature_dtype, file_digest, resolve_device, short_hash
+from .backbone import HF_PREFIX, Backbone, check_memory, feature_dtype, file_digest, resolve_device, short_hash
 
-__all__ = ["HFBackbone", "check_hf_name", "describe_hf", "hf_data_config", "load_hf_backbone"]
+__all__ = ["HFBackbone", "check_hf_name", "hf_data_config", "load_hf_backbone"]
 
 logger = logging.getLogger("trainer")
 
@@ -88,8 +88,11 @@ class HFBackbone(Backbone):
             pooled = self.projection(pooled)
         return pooled.flatten(1).float()
 
+    def features_forward(self, x):
+        return self.tower(pixel_values=x)
+
     def forward_layers(self, x, indices, want_final):
-        x = x.to(dtype=next(self.tower.parameters()).dtype)
+        x = x.to(dtype=self.dtype)
         caught: dict[int, torch.Tensor] = {}
         deepest = max(indices) if indices else -1
 
@@ -285,31 +288,6 @@ def _anatomy(model: torch.nn.Module, name: str):
         raise BCIError(f"backbone {name!r}: its config has no num_hidden_layers; hf: backbones must be transformer "
                        f"vision towers")
     return tower, projection, tower_config, _blocks(tower, n_layers, name)
-
-
-def describe_hf(name: str, *, trust_remote_code: bool = False, flops: bool = False) -> dict:
-    """See :func:`trainer.vision.describe_backbone`: the folder's architecture on the meta
-    device (its weights are not read)."""
-    check_hf_name(name)
-    folder = _folder_of(name).resolve()
-    raw = _read_config(folder)
-    _check_remote_code(name, folder, raw, trust_remote_code)
-    _require_transformers()
-    from transformers import AutoConfig, AutoModel
-
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-    except Exception as err:
-        raise BCIError(f"could not build the transformers model of {folder} ({type(err).__name__}: {err})") from err
-    tower, projection, tower_config, blocks = _anatomy(model, name)
-    parts = [tower] + ([projection] if projection is not None else [])
-    input_size = list(hf_data_config(folder, tower_config)["input_size"])
-    return {"name": name, "provider": "hf", "kind": "vit", "n_layers": len(blocks),
-            "n_params": int(sum(p.numel() for m in parts for p in m.parameters())),
-            "input_size": input_size, "prefix_tokens": _prefix_tokens(tower),
-            "gflops": count_gflops(lambda x: tower(pixel_values=x), input_size) if flops else None}
 
 
 def load_hf_backbone(

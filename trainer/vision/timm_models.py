@@ -31,9 +31,9 @@ import torch
 
 from .._checks import check_type
 from ..errors import BCIError, UsageError
-from .backbone import Backbone, check_memory, count_gflops, feature_dtype, file_digest, resolve_device
+from .backbone import Backbone, check_memory, dtype_name, feature_dtype, file_digest, resolve_device
 
-__all__ = ["TimmBackbone", "check_timm_name", "create_model", "describe_timm", "load_timm_backbone"]
+__all__ = ["TimmBackbone", "check_timm_name", "create_model", "load_timm_backbone"]
 
 logger = logging.getLogger("trainer")
 
@@ -71,6 +71,9 @@ class TimmBackbone(Backbone):
             kw["output_fmt"] = "NLC"
             kw["return_prefix_tokens"] = True
         return kw
+
+    def features_forward(self, x):
+        return self.model.forward_features(x)
 
     def forward_layers(self, x, indices, want_final):
         model = self.model
@@ -188,12 +191,7 @@ def load_timm_backbone(
                            f"({type(err).__name__}: {err})") from err
         logger.info("backbone %s: weights loaded from %s", name, path)
 
-    if not callable(getattr(model, "forward_intermediates", None)):
-        raise BCIError(f"timm model {name!r} has no forward_intermediates(); intermediate layers cannot "
-                       f"be extracted from it. Choose another backbone.")
-    if not callable(getattr(model, "forward_head", None)):
-        raise BCIError(f"timm model {name!r} has no forward_head(); its final embedding cannot be computed")
-
+    _check_api(name, model)
     model.eval()
     model.requires_grad_(False)
     dtype = feature_dtype(precision, torch_device)
@@ -208,8 +206,17 @@ def load_timm_backbone(
     )
     logger.info("backbone %s (%s): %s, %d layers, %.1fM parameters, on %s%s",
                 name, weights_id, kind, n_layers, n_params / 1e6, torch_device,
-                "" if dtype == torch.float32 else f" in {str(dtype).removeprefix('torch.')}")
+                "" if dtype == torch.float32 else f" in {dtype_name(dtype)}")
     return backbone
+
+
+def _check_api(name: str, model: torch.nn.Module) -> None:
+    """A BCIError unless the model has what extraction calls."""
+    if not callable(getattr(model, "forward_intermediates", None)):
+        raise BCIError(f"timm model {name!r} has no forward_intermediates(); intermediate layers cannot "
+                       f"be extracted from it. Choose another backbone.")
+    if not callable(getattr(model, "forward_head", None)):
+        raise BCIError(f"timm model {name!r} has no forward_head(); its final embedding cannot be computed")
 
 
 def _hub_id(model: torch.nn.Module) -> str:
@@ -234,9 +241,7 @@ def _lazy(name: str, weights: str, device: torch.device, seed: int, model_kwargs
         weights_id = f"random-seed{seed}"
     else:
         weights_id = _hub_id(model) if weights == "hub" else _weights_file(weights)[1]
-    if not callable(getattr(model, "forward_intermediates", None)):
-        raise BCIError(f"timm model {name!r} has no forward_intermediates(); intermediate layers cannot "
-                       f"be extracted from it. Choose another backbone.")
+    _check_api(name, model)
     data_config, kind, n_layers, n_params, params = _anatomy(model, model_kwargs)
     loader = functools.partial(load_timm_backbone, name, weights, device=device, seed=seed, model_kwargs=model_kwargs,
                                precision=precision)
@@ -258,22 +263,6 @@ def _anatomy(model: torch.nn.Module, model_kwargs: dict) -> tuple[dict, str, int
     params = frozenset(inspect.signature(model.forward_intermediates).parameters)
     kind = "vit" if ("return_prefix_tokens" in params and "output_fmt" in params) else "cnn"
     return data_config, kind, _count_layers(model, data_config), int(sum(p.numel() for p in model.parameters())), params
-
-
-def describe_timm(name: str, *, model_kwargs: dict | None = None, flops: bool = False) -> dict[str, Any]:
-    """See :func:`trainer.vision.describe_backbone`."""
-    check_timm_name(name)
-    model_kwargs = dict(model_kwargs or {})
-    with torch.device("meta"):
-        model = create_model(name, pretrained=False, **model_kwargs)
-    if not callable(getattr(model, "forward_intermediates", None)):
-        raise BCIError(f"timm model {name!r} has no forward_intermediates(); intermediate layers cannot "
-                       f"be extracted from it. Choose another backbone.")
-    data_config, kind, n_layers, n_params, _ = _anatomy(model, model_kwargs)
-    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0) if kind == "vit" else 0
-    return {"name": name, "provider": "timm", "kind": kind, "n_layers": n_layers, "n_params": n_params,
-            "input_size": list(data_config["input_size"]), "prefix_tokens": prefix,
-            "gflops": count_gflops(model.forward_features, data_config["input_size"]) if flops else None}
 
 
 class _DropTimmFileLoadInfo(logging.Filter):
