@@ -1,5 +1,6 @@
 """The live decoder: bundle encoder on the chosen device, cosine similarity to the
-gallery, confidences from the bundle's temperature, top-k; a running average of the
+gallery, confidences from the bundle's calibrated temperatures (its training temperature
+when it has no calibration: :attr:`Decoder.calibrated`), top-k; a running average of the
 epochs of each stimulus id gives the averaged-repetition prediction beside the
 single-trial one.  Markers are mapped to stimulus ids here (:class:`StimulusMap`)."""
 
@@ -94,9 +95,12 @@ class Decoder:
     def __init__(self, bundle: Bundle, *, device: str = "auto", top_k: int = 5):
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise UsageError(f"top_k must be an integer >= 1, got {top_k!r}")
-        temperature = float(bundle.temperature)
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise UsageError(f"the bundle's temperature must be a positive number, got {temperature!r}")
+        # calibrated on validation concepts when the bundle says how (trainer.confidence),
+        # else the training temperature, whose softmax is no probability
+        temperatures = (bundle.confidence_temperature("single_trial"), bundle.confidence_temperature("averaged"))
+        for temperature in temperatures:
+            if not (math.isfinite(temperature) and temperature > 0):
+                raise UsageError(f"the bundle's temperature must be a positive number, got {temperature!r}")
         self.bundle = bundle
         self.device = resolve_device(device)
         # a copy of its own: the bundle's module stays where it is for other users
@@ -106,7 +110,9 @@ class Decoder:
         # fast on a CPU as the (N, proj_dim) layout for 100 000 images)
         self.gallery_t = torch.from_numpy(np.ascontiguousarray(bundle.gallery.T)).to(self.device)
         self.ids = torch.from_numpy(np.asarray(bundle.gallery_ids, dtype=np.int64))
-        self.temperature = temperature
+        self.temperature, self.avg_temperature = temperatures
+        #: whether the confidences are calibrated probabilities (the bundle has a calibration)
+        self.calibrated = bundle.confidence is not None
         self.top_k = min(top_k, len(bundle.gallery_ids))
         # running sums per stimulus id (float64, on the device) of the encoder's input-layer
         # outputs, or of the epochs when it has none
@@ -132,11 +138,14 @@ class Decoder:
             return None
         return encoder.input_linear()
 
-    def _scores(self, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k ids and confidences of embeddings ``z`` (n, proj_dim), on the device: the
-        softmax of the k best only (``exp(logit - logsumexp)``), so a large gallery's scores
-        are passed over twice (normaliser, top-k) and never copied."""
-        logits = (z @ self.gallery_t) / self.temperature
+    def _scores(self, z: torch.Tensor, n_single: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ids and confidences of embeddings ``z`` (n, proj_dim), on the device, the
+        first ``n_single`` of single trials, the others of averages (each at its temperature):
+        the softmax of the k best only (``exp(logit - logsumexp)``), so a large gallery's
+        scores are passed over twice (normaliser, top-k) and never copied."""
+        logits = z @ self.gallery_t
+        logits[:n_single] /= self.temperature
+        logits[n_single:] /= self.avg_temperature
         top, idx = torch.topk(logits, self.top_k, dim=1)
         conf = torch.exp(top - torch.logsumexp(logits, dim=1, keepdim=True)).cpu().numpy()
         if not np.isfinite(conf).all():  # finite epochs, finite weights: cannot happen, never emit it
@@ -176,7 +185,7 @@ class Decoder:
                 averaged.append((total / (count + 1)).float())
                 rows.append((i, count + 1))
             batch = torch.cat([h, torch.stack(averaged)]) if averaged else h
-            ids, conf = self._scores(normalised_embedding(rest, batch))
+            ids, conf = self._scores(normalised_embedding(rest, batch), n)
         out = [Prediction(ids[i].tolist(), conf[i].tolist()) for i in range(n)]
         for k, (i, count) in enumerate(rows):
             j = n + k

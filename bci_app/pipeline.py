@@ -342,6 +342,7 @@ class LiveSession:
                 "stimulus_id": m.stimulus_id,
                 "topk": p.topk,
                 "confidence": [round(c, 6) for c in p.confidence],
+                "calibrated": self.decoder.calibrated,
                 "averaged": None if p.avg_topk is None else {
                     "topk": p.avg_topk, "confidence": [round(c, 6) for c in p.avg_confidence], "n": p.n_averaged},
                 "t_marker": m.t,

@@ -446,11 +446,30 @@ def _scores(brain, x: np.ndarray, targets: np.ndarray, gallery: torch.Tensor, sc
     return {"top1": float(out["top1"]), "top5": float(out["top5"]), "rank": rank, "loss": float(loss)}
 
 
+def _recalibrate(bundle, brain, x_val: np.ndarray, val_targets: np.ndarray, gal_val: torch.Tensor, seed: int) -> dict:
+    """The adapted brain's single-trial confidence temperature, fitted on the held-out
+    calibration concepts' trials for a gallery of the bundle's size
+    (:func:`trainer.confidence.fit_temperature`); the new bundle's ``confidence``."""
+    from .confidence import calibration_record, fit_temperature, nway_subsets
+    from .model import embed_epochs
+
+    sim = embed_epochs(brain, x_val, device="cpu") @ gal_val.cpu().numpy().T
+    n_way = len(bundle.gallery_ids)
+    temperature = fit_temperature(sim, val_targets, n_way, seed=seed)
+    rows = nway_subsets(sim, val_targets, n_way, seed=seed)
+    rec = calibration_record(rows, np.zeros(len(rows), np.int64), {"before": bundle.temperature, "after": temperature})
+    logger.info("confidence: temperature %.4g (training) -> %.4g for single trials (ECE on the held-out concepts "
+                "%.3f -> %.3f)", bundle.temperature, temperature, rec["before"]["ece"], rec["after"]["ece"])
+    return {"method": "temperature", "n_way": n_way, "fitted_on": "held-out calibration concepts",
+            "n_val_images": int(len(gal_val)), "training_temperature": float(bundle.temperature),
+            "single_trial": {"temperature": temperature, "n_trials": int(len(x_val)), "val_ece_before": rec["before"]["ece"],
+                             "val_ece_after": rec["after"]["ece"]}}
+
+
 def _image_targets(bundle, images: list[ImageRef], *, weights: str | None, device, cache: Path,
                    progress: Callable | None, trust_remote_code: bool = False) -> torch.Tensor:
     """The bundle's normalised image embeddings of ``images`` (its backbone, layer,
     pooling and image projector; features cached)."""
-    from .config import layer_key
     from .errors import BCIError
     from .model import normalised_embedding
     from .vision import cached_features
@@ -463,16 +482,16 @@ def _image_targets(bundle, images: list[ImageRef], *, weights: str | None, devic
         raise BCIError(f"the bundle's backbone {info['name']} with weights {weights or info.get('weights') or 'hub'!r} "
                        f"cannot be loaded ({err}); adapting needs the weights the bundle was trained with: give them "
                        "with --weights FILE") from None
-    key = layer_key(bundle.config["layer"])
     ident = hashlib.sha256("\n".join(str(r.path.resolve()) for r in images).encode()).hexdigest()[:16]
 
     def report(done: int, total: int) -> None:
         if progress is not None:
             progress(f"image features of {backbone.name}", done, total)
 
-    feats = cached_features(backbone, [r.path for r in images], [bundle.config["layer"]], pooling=bundle.config["pooling"],
-                            cache_dir=cache / "features", image_set_id=f"calibration-{ident}-{len(images)}",
-                            batch_size=32, progress=report)[key]
+    feats = bundle.image_features(cached_features(backbone, [r.path for r in images], bundle.layers,
+                                                  pooling=bundle.config["pooling"], cache_dir=cache / "features",
+                                                  image_set_id=f"calibration-{ident}-{len(images)}", batch_size=32,
+                                                  progress=report))
     with torch.inference_mode():
         return normalised_embedding(projector, torch.from_numpy(feats))
 
@@ -649,6 +668,7 @@ def adapt_bundle(
     if best["epoch"] == 0:
         logger.warning("no epoch of the adaptation did better than the starting model on the held-out concepts: "
                        "the new bundle keeps its weights")
+    confidence = _recalibrate(bundle, brain, x_val, val_targets, gal_val, seed)
     summary = {
         "base": str(bundle.path.resolve()),
         "base_sha256": bundle.config.get("files", {}).get("encoder.safetensors"),
@@ -667,6 +687,7 @@ def adapt_bundle(
         "after": {k: best[k] for k in ("top1", "top5", "rank", "loss")},
         "val_chance_top1": 1.0 / len(val_images),
         "best_epoch": int(best["epoch"]),
+        "confidence": confidence,
         "epochs_run": len(history) - 1,
         "lr": lr,
         "batch_size": batch_size,
@@ -680,7 +701,7 @@ def adapt_bundle(
     provenance = dict(bundle.config.get("provenance", {}), adaptation=summary)
     metrics = {"calibration": {"before": summary["before"], "after": summary["after"], "n_val": summary["n_val"],
                                "val_chance_top1": summary["val_chance_top1"]}}
-    write_derived_bundle(bundle, out, brain=brain, provenance=provenance, metrics=metrics)
+    write_derived_bundle(bundle, out, brain=brain, provenance=provenance, metrics=metrics, confidence=confidence)
     report("done", 1, 1)
     return summary
 

@@ -4,7 +4,8 @@ A folder, no pickles anywhere::
 
     bundle.json            format version, encoder name and arguments, backbone, layer,
                            pooling, sizes, temperature, preprocessing spec, provenance,
-                           metrics, and the SHA-256 of each file below ("files")
+                           metrics, the calibration of the confidences ("confidence",
+                           optional), and the SHA-256 of each file below ("files")
     encoder.safetensors    brain encoder + projector ("brain.*"), image projector ("image_projector.*")
     gallery.safetensors    "embeddings" (N x D, L2-normalised) and "ids" (N, the stimulus codes)
     gallery.json           per gallery item: id, concept, source file, thumbnail
@@ -84,9 +85,13 @@ class Bundle:
     gallery_ids : np.ndarray (N,) int64
     items : list of GalleryItem
     temperature : float
-        Within :data:`TEMPERATURE_RANGE`.
+        The training (contrastive) temperature, within :data:`TEMPERATURE_RANGE`.
     image_projector_state : dict
         The image projector's ``weight`` and ``bias`` (for :func:`retarget_bundle`).
+    confidence : dict or None
+        The calibration of the confidences (``bundle.json``'s ``confidence``: temperatures
+        fitted on validation concepts for single trials and averaged repetitions, see
+        :func:`trainer.fit.fit_confidence`); None for a bundle written without it.
     """
 
     path: Path
@@ -98,6 +103,34 @@ class Bundle:
     items: list[GalleryItem]
     temperature: float
     image_projector_state: dict = field(default_factory=dict, repr=False)
+    confidence: dict | None = None
+
+    @property
+    def layers(self) -> list:
+        """The backbone layers the image side takes, in the order their features are
+        concatenated: one, or the fused layers (``bundle.json``'s ``fusion``)."""
+        layer = self.config["layer"]
+        return list(layer) if isinstance(layer, list) else [layer]
+
+    def image_features(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        """What the image projector takes, from per-layer pooled features (keyed by
+        :func:`trainer.config.layer_key`): the bundle's layers side by side."""
+        from .config import layer_key
+
+        parts = [np.asarray(feats[layer_key(k)], dtype=np.float32) for k in self.layers]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def confidence_temperature(self, condition: str = "single_trial") -> float:
+        """The temperature whose softmax gives calibrated confidences for ``condition``
+        ("single_trial" or "averaged"): the training temperature when the bundle has no
+        calibration (check :attr:`confidence`); for "averaged" the single-trial one when
+        only that was fitted (an adapted bundle: its calibration block has no repetitions)."""
+        if condition not in ("single_trial", "averaged"):
+            raise ValueError(f"condition must be 'single_trial' or 'averaged', got {condition!r}")
+        if self.confidence is None:
+            return self.temperature
+        part = self.confidence.get(condition) or self.confidence["single_trial"]
+        return float(part["temperature"])
 
     @property
     def n_chans(self) -> int:
@@ -153,7 +186,7 @@ class Bundle:
         if info.get("weights_id") and backbone.weights_id != info["weights_id"]:
             raise BCIError(f"backbone weights {backbone.weights_id} are not the ones the bundle was trained with "
                            f"({info['weights_id']}); pass the same weights file with --weights")
-        projector = torch.nn.Linear(int(self.config["feature_dim"]), self.gallery.shape[1])
+        projector = _image_projector(self.config, self.gallery.shape[1])
         projector.load_state_dict(self.image_projector_state)  # shapes checked when the bundle was loaded
         return backbone, projector.eval()
 
@@ -231,17 +264,21 @@ def save_bundle(
     gallery_files: Sequence[str],
     gallery_images: Sequence[Any] | None,
     backbone: dict,
-    layer: int | str,
+    layer: int | str | list,
     pooling: str,
     provenance: dict,
     metrics: dict | None = None,
+    confidence: dict | None = None,
+    fusion: dict | None = None,
 ) -> Path:
     """Write a bundle folder from a trained :class:`trainer.model.AlignmentModel`.
 
     ``gallery_features`` are the pooled backbone features (N, feature_dim) of the gallery
     images; they are projected and normalised here.  ``gallery_ids`` are the stimulus
     codes (unique int32).  ``gallery_images`` are PIL images (or callables returning one)
-    for the thumbnails, or None to skip thumbnails.  ``bundle.json`` is written last, with
+    for the thumbnails, or None to skip thumbnails.  ``confidence``: the calibration
+    (:func:`trainer.fit.fit_confidence`), or None.  ``fusion``: for a model aligned with
+    several layers (``layer`` their list), :func:`trainer.fit.fusion_record`.  ``bundle.json`` is written last, with
     the SHA-256 of every other file.
     """
     from safetensors.torch import save_file
@@ -281,6 +318,11 @@ def save_bundle(
         "provenance": dict(provenance),
         "metrics": dict(metrics or {}),
     }
+    if confidence is not None:
+        config["confidence"] = _check_confidence(json.loads(json.dumps(confidence)), out / "bundle.json")
+    if fusion is not None:
+        config["fusion"] = dict(fusion)
+    _check_layers(config, out / "bundle.json")
     _write_config(out, config, ["encoder.safetensors", *written])
     return out
 
@@ -423,8 +465,7 @@ def _check_config(config: dict, cfg_path: Path) -> tuple[dict, int, int, float, 
         _optional(backbone, key, str, cfg_path, f"backbone.{key}")
     for key in ("image_size", "n_layers", "n_params"):
         _optional(backbone, key, int, cfg_path, f"backbone.{key}", check=non_negative, problem="must be >= 0")
-    _need(config, "layer", (int, str), cfg_path, check=lambda v: v == "final" or (isinstance(v, int) and v >= 0),
-          problem="must be a non-negative block index or 'final'")
+    _check_layers(config, cfg_path)
     _need(config, "pooling", str, cfg_path, check=lambda v: v in POOLINGS, problem=f"must be one of {', '.join(POOLINGS)}")
     lo, hi = TEMPERATURE_RANGE
     temperature = float(_need(config, "temperature", (int, float), cfg_path, check=lambda v: math.isfinite(v) and lo <= v <= hi,
@@ -448,6 +489,65 @@ def _check_config(config: dict, cfg_path: Path) -> tuple[dict, int, int, float, 
     if enc.get("n_times") != spec.n_times:
         raise DataFormatError(cfg_path, "encoder.n_times", f"is {enc.get('n_times')!r:.20} but the spec gives {spec.n_times} samples")
     return enc, proj_dim, feature_dim, temperature, spec
+
+
+def _is_layer(v: Any) -> bool:
+    return v == "final" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+
+def _check_layers(config: dict, cfg_path: Path) -> None:
+    """``layer`` (a block index or 'final'; for a fused model the list of its layers) and
+    ``fusion`` (kind, layers, feature sizes summing to ``feature_dim``, weights)."""
+    from .model import FUSIONS
+
+    fusion = config.get("fusion")
+    if fusion is None:
+        _need(config, "layer", (int, str), cfg_path, check=_is_layer, problem="must be a non-negative block index or 'final'")
+        return
+    if not isinstance(fusion, dict):
+        raise DataFormatError(cfg_path, "fusion", f"must be an object, got {type(fusion).__name__}")
+    _need(fusion, "kind", str, cfg_path, name="fusion.kind", check=lambda v: v in FUSIONS,
+          problem=f"must be one of {', '.join(FUSIONS)}")
+    layers = _need(config, "layer", list, cfg_path, check=lambda v: len(v) >= 2 and all(map(_is_layer, v)),
+                   problem="of a fused model must list at least two layers (block indices or 'final')")
+    if fusion.get("layers") != layers:
+        raise DataFormatError(cfg_path, "fusion.layers", f"must be the layers of 'layer' ({layers!r:.80})")
+    dims = _need(fusion, "feature_dims", list, cfg_path, name="fusion.feature_dims",
+                 check=lambda v: len(v) == len(layers) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v),
+                 problem=f"must give a positive feature size for each of the {len(layers)} layers")
+    if sum(dims) != config.get("feature_dim"):
+        raise DataFormatError(cfg_path, "fusion.feature_dims", f"sum to {sum(dims)}, but feature_dim is {config.get('feature_dim')!r:.20}")
+    if fusion["kind"] == "weighted":
+        _need(fusion, "weights", list, cfg_path, name="fusion.weights",
+              check=lambda v: len(v) == len(layers) and all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in v),
+              problem=f"must give a non-negative weight for each of the {len(layers)} layers")
+
+
+def _image_projector(config: dict, proj_dim: int) -> torch.nn.Module:
+    """The image side a (checked) bundle.json describes, with fresh weights."""
+    from .model import image_projector
+
+    fusion = config.get("fusion")
+    if fusion is None:
+        return image_projector([int(config["feature_dim"])], proj_dim)
+    return image_projector(list(fusion["feature_dims"]), proj_dim, fusion["kind"])
+
+
+def _check_confidence(value: Any, cfg_path: Path) -> dict:
+    """``confidence`` of bundle.json: a temperature (within :data:`TEMPERATURE_RANGE`) for
+    ``single_trial`` and, optionally, ``averaged``; other keys describe how it was fitted."""
+    if not isinstance(value, dict):
+        raise DataFormatError(cfg_path, "confidence", f"must be an object, got {type(value).__name__}")
+    _need(value, "method", str, cfg_path, name="confidence.method", check=lambda v: v == "temperature",
+          problem="must be 'temperature' (the one calibration this version applies)")
+    lo, hi = TEMPERATURE_RANGE
+    for cond in ("single_trial", "averaged"):
+        part = _need(value, cond, dict, cfg_path, name=f"confidence.{cond}") if cond == "single_trial" else \
+            _optional(value, cond, dict, cfg_path, f"confidence.{cond}")
+        if part is not None:
+            _need(part, "temperature", (int, float), cfg_path, name=f"confidence.{cond}.temperature",
+                  check=lambda v: math.isfinite(v) and lo <= v <= hi, problem=f"must be a number in {lo:g}..{hi:g}")
+    return value
 
 
 def _check_weights(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path, prefix: str) -> None:
@@ -485,11 +585,11 @@ def _load_brain(enc: dict, proj_dim: int, tensors: dict[str, torch.Tensor], cfg_
     return brain.eval()
 
 
-def _load_image_projector(tensors: dict[str, torch.Tensor], proj_dim: int, feature_dim: int, path: Path) -> dict:
+def _load_image_projector(tensors: dict[str, torch.Tensor], config: dict, proj_dim: int, path: Path) -> dict:
     state = {k[len("image_projector."):]: v for k, v in tensors.items() if k.startswith("image_projector.")}
     if state:
-        expected = {"weight": torch.empty(proj_dim, feature_dim, device="meta"),
-                    "bias": torch.empty(proj_dim, device="meta")}
+        with torch.device("meta"):
+            expected = _image_projector(config, proj_dim).state_dict()
         _check_weights(state, expected, path, "image_projector.")
     return state
 
@@ -579,6 +679,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if not isinstance(config, dict):
         raise DataFormatError(cfg_path, None, "must hold a JSON object")
     enc, proj_dim, feature_dim, temperature, spec = _check_config(config, cfg_path)
+    confidence = _check_confidence(config["confidence"], cfg_path) if config.get("confidence") is not None else None
     files = _Files(path, cfg_path, _recorded_hashes(config, cfg_path))
 
     weights_path = path / "encoder.safetensors"
@@ -587,12 +688,12 @@ def load_bundle(path: str | Path) -> Bundle:
     if other:
         raise DataFormatError(weights_path, other[0], "unexpected tensor (the file holds 'brain.*' and 'image_projector.*')")
     brain = _load_brain(enc, proj_dim, tensors, cfg_path, weights_path)
-    image_state = _load_image_projector(tensors, proj_dim, feature_dim, weights_path)
+    image_state = _load_image_projector(tensors, config, proj_dim, weights_path)
     emb, ids = _load_gallery(files, proj_dim)
     items = _load_items(files, ids)
     files.verify_rest()
     return Bundle(path=path, config=config, spec=spec, brain=brain, gallery=emb, gallery_ids=ids,
-                  items=items, temperature=temperature, image_projector_state=image_state)
+                  items=items, temperature=temperature, image_projector_state=image_state, confidence=confidence)
 
 
 def retarget_bundle(
@@ -616,7 +717,6 @@ def retarget_bundle(
     parent folder name.  ``trust_remote_code``: as :func:`trainer.vision.load_backbone`
     takes it (an hf: backbone whose folder ships its own code).
     """
-    from .config import layer_key
     from .data.images import open_rgb
     from .files import atomic_write_bytes
     from .model import normalised_embedding
@@ -639,12 +739,12 @@ def retarget_bundle(
                          f"{len(ids)} ids, {len(concepts)} concepts)")
     backbone, projector = bundle.image_side("re-targeted", weights=weights, device=device,
                                             trust_remote_code=trust_remote_code)
-    layer = bundle.config["layer"]
-    key = layer_key(layer)
-    feats = extract_features(backbone, paths, [layer], pooling=bundle.config["pooling"], batch_size=batch_size)[key]
-    if feats.shape[1] != projector.in_features:
+    feats = bundle.image_features(extract_features(backbone, paths, bundle.layers, pooling=bundle.config["pooling"],
+                                                   batch_size=batch_size))
+    if feats.shape[1] != bundle.config["feature_dim"]:
         raise DataFormatError(bundle.path / "encoder.safetensors", "image_projector",
-                              f"does not fit the features (it takes {projector.in_features}, the layer gives {feats.shape[1]})")
+                              f"does not fit the features (it takes {bundle.config['feature_dim']}, the backbone gives "
+                              f"{feats.shape[1]})")
     with torch.inference_mode():
         emb = normalised_embedding(projector, torch.from_numpy(feats))
     # the encoder as loaded: the bytes are checked against the hash the bundle recorded
@@ -654,16 +754,22 @@ def retarget_bundle(
     written = _write_gallery(out, emb, ids, concepts, [str(p) for p in paths], [(lambda p=p: open_rgb(p)) for p in paths])
     config = {k: v for k, v in bundle.config.items() if k != "files"}
     config["provenance"] = dict(config.get("provenance", {}), retargeted_from=str(bundle.path), gallery_images=len(paths))
+    n_way = (bundle.confidence or {}).get("n_way")
+    if isinstance(n_way, int) and n_way != len(paths):
+        logger.warning("the confidences were calibrated for a %d-image gallery; with %d images they are %s than "
+                       "probabilities", n_way, len(paths), "lower" if len(paths) > n_way else "higher")
     _write_config(out, config, ["encoder.safetensors", *written])
     return out
 
 
 def write_derived_bundle(bundle: Bundle, out: str | Path, *, brain: torch.nn.Module, provenance: dict,
-                         metrics: dict) -> Path:
+                         metrics: dict, confidence: dict | None) -> Path:
     """Write ``bundle`` to ``out`` with another brain side (same architecture), its
-    ``provenance`` and ``metrics`` replaced: the image projector, the gallery and the
-    thumbnails are copied byte for byte (each checked against the SHA-256 the bundle
-    records), so the gallery embeddings stay exactly the bundle's."""
+    ``provenance``, ``metrics`` and ``confidence`` calibration replaced (None: the new
+    brain's confidences are not calibrated, and the bundle says so by having none): the
+    image projector, the gallery and the thumbnails are copied byte for byte (each checked
+    against the SHA-256 the bundle records), so the gallery embeddings stay exactly the
+    bundle's."""
     from safetensors.torch import save_file
 
     from .files import atomic_write_bytes
@@ -689,7 +795,9 @@ def write_derived_bundle(bundle: Bundle, out: str | Path, *, brain: torch.nn.Mod
     tensors.update({f"image_projector.{k}": v.detach().cpu().contiguous() for k, v in bundle.image_projector_state.items()})
     with atomic_path(out / "encoder.safetensors") as tmp:
         save_file(tensors, str(tmp))
-    config = {k: v for k, v in bundle.config.items() if k != "files"}
+    config = {k: v for k, v in bundle.config.items() if k not in ("files", "confidence")}
     config.update(provenance=dict(provenance), metrics=dict(metrics))
+    if confidence is not None:
+        config["confidence"] = _check_confidence(json.loads(json.dumps(confidence)), out / "bundle.json")
     _write_config(out, config, ["encoder.safetensors", *gallery])
     return out

@@ -140,6 +140,13 @@ _FIT_HELP = {
     "layer_search": "with --layer auto: 'proxy' scores every candidate by a ridge regression from the EEG to its features "
                     "on the validation concepts (seconds) and trains only the best; 'full' trains every candidate and "
                     "keeps the best validation top-1 (one training per candidate)",
+    "fusion": "align with several layers at once: 'concat' (their features side by side into one projector) or "
+              "'weighted' (a projector per layer, mixed by learned softmax layer weights) of --fusion-layers; 'auto' "
+              "trains both and the single layer --layer chooses, and validation concepts choose among them; 'none': "
+              "one layer",
+    "fusion_layers": "with --fusion: comma-separated blocks (and/or 'final') to fuse, or 'auto': the 2 and the 3 "
+                     "candidate layers the ridge proxy ranks best and all candidates, each trained (validation "
+                     "concepts choose)",
     "pooling": "token pooling: mean, cls or mean+cls (CNN stages: global average)",
     "encoder": "EEG encoder",
     "embed_dim": "encoder output size",
@@ -348,7 +355,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-_SWEEP_OWN = ("data", "out", "subject", "backbone", "layer", "layers", "layer_search", "seed")
+_SWEEP_OWN = ("data", "out", "subject", "backbone", "layer", "layers", "layer_search", "fusion", "fusion_layers", "seed")
 
 
 def _add_sweep_parser(sub) -> None:

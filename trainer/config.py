@@ -14,7 +14,7 @@ from .datasets import SOURCES
 from .errors import DataFormatError, MissingFileError, UsageError
 from .preprocessing import NAMED_SPECS
 
-__all__ = ["ADAPT_PARTS", "FEATURE_PRECISIONS", "FINAL", "LAYER_SEARCHES", "POOLINGS", "PRECISIONS", "FitConfig",
+__all__ = ["ADAPT_PARTS", "FEATURE_PRECISIONS", "FINAL", "FUSION_CHOICES", "LAYER_SEARCHES", "POOLINGS", "PRECISIONS", "FitConfig",
            "default_cache_dir", "layer_key", "layer_list", "layer_of_key", "option_name", "parse_layer", "parse_subjects"]
 
 #: the name of a backbone's own final (pooled pre-logits) embedding among its layers
@@ -44,6 +44,10 @@ FEATURE_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 #: a closed-form ridge regression from the EEG to its features (trainer.layer_search) and
 #: trains only the best; "full" trains every candidate and keeps the best validation top-1
 LAYER_SEARCHES = ("proxy", "full")
+#: ``--fusion``: train on one layer ("none"), on several layers' features combined side by
+#: side ("concat") or by learned, softmax-normalised layer weights ("weighted"; trainer.model),
+#: or try both and the single best layer and keep what validation prefers ("auto")
+FUSION_CHOICES = ("none", "auto", "concat", "weighted")
 
 
 def default_cache_dir() -> Path:
@@ -75,6 +79,8 @@ class FitConfig:
     layer: str = "auto"
     layers: str = ""
     layer_search: str = "proxy"
+    fusion: str = "none"
+    fusion_layers: str = "auto"
     pooling: str = "mean"
     encoder: str = "eegproject"
     embed_dim: int = 1024
@@ -119,6 +125,15 @@ class FitConfig:
         check_option(self.precision, PRECISIONS, option_name("precision"))
         check_option(self.feature_precision, FEATURE_PRECISIONS, option_name("feature_precision"))
         check_option(self.layer_search, LAYER_SEARCHES, option_name("layer_search"))
+        check_option(self.fusion, FUSION_CHOICES, option_name("fusion"))
+        if self.fusion_layers != "auto":
+            parts = [p.strip() for p in self.fusion_layers.split(",") if p.strip()]
+            if len(parts) < 2 or any(parse_layer(p) == "auto" for p in parts):
+                raise UsageError(f"{option_name('fusion_layers')} must be 'auto' or at least two comma-separated blocks "
+                                 f"(and/or 'final'), got {self.fusion_layers!r}")
+        if self.fusion == "none" and self.fusion_layers != "auto":
+            raise UsageError(f"{option_name('fusion_layers')} names layers to fuse: give {option_name('fusion')} "
+                             "concat, weighted or auto too")
         from .encoders import list_encoders
 
         check_option(self.encoder, list_encoders(), option_name("encoder"))

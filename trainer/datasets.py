@@ -44,6 +44,10 @@ class SubjectData:
     train_images, test_images : ImageSet
     source : str
         'raw', 'preprocessed' or 'meg'.
+    train_trials : tuple of arrays (n_images_s, reps_s, C, T)
+        The single training trials behind ``train``, one array per training subject in the
+        order of ``train``'s rows, not normalised (may be memory maps): read only by
+        :meth:`train_single_trials`.
     """
 
     spec: PreprocessingSpec
@@ -56,6 +60,25 @@ class SubjectData:
     source: str
     subjects_train: list[int]
     subject_test: int
+    train_trials: tuple = ()
+
+    def train_single_trials(self, rows: np.ndarray) -> np.ndarray:
+        """Normalised single training trials of ``train``'s ``rows``: float32 (n_rows, reps, C, T),
+        reps the fewest any training subject has (only the rows asked for are read)."""
+        if not self.train_trials:
+            raise ValueError("this SubjectData holds no single training trials")
+        reps = min(part.shape[1] for part in self.train_trials)
+        starts = np.cumsum([0] + [len(part) for part in self.train_trials])
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), reps, *self.train.shape[1:]), dtype=np.float32)
+        for k, part in enumerate(self.train_trials):
+            mine = np.flatnonzero((rows >= starts[k]) & (rows < starts[k + 1]))
+            if len(mine):
+                local = rows[mine] - starts[k]
+                order = np.argsort(local)  # a memory map is read in file order
+                picked = np.asarray(part[local[order], :reps], dtype=np.float32)
+                out[mine[order]] = _norm(picked.reshape(-1, *picked.shape[2:]), self.spec).reshape(picked.shape)
+        return out
 
 
 def _epoch_cache_key(paths: Sequence[Path], spec: PreprocessingSpec) -> str:
@@ -231,7 +254,8 @@ def load_fit_data(
     test_x = _norm(np.asarray(test.data, dtype=np.float32), spec_final)
     return SubjectData(spec=spec_final, train=train_x, train_image_ids=train_ids, test=test_x,
                        test_image_ids=np.asarray(test.image_ids), train_images=train_images, test_images=test_images,
-                       source=source, subjects_train=train_subjects, subject_test=subject)
+                       source=source, subjects_train=train_subjects, subject_test=subject,
+                       train_trials=tuple(t.data for t in train_parts))
 
 
 def load_test_data(

@@ -34,19 +34,20 @@ import numpy as np
 import torch
 
 from .bundle import save_bundle
-from .config import FitConfig, default_cache_dir, layer_key, layer_list, parse_layer, parse_subjects
+from .config import FitConfig, default_cache_dir, layer_key, layer_list, option_name, parse_layer, parse_subjects
 from .data.splits import validation_split
 from .datasets import SubjectData, load_fit_data
 from .errors import UsageError
 from .files import atomic_path, atomic_write_text
-from .layer_search import choose_layer, ridge_layer_scores
+from .layer_search import ridge_layer_scores
 from .losses import clip_loss
-from .metrics import kway_accuracy, topk_accuracy
-from .model import AlignmentModel, embed_epochs, normalised_embedding
+from .metrics import kway_accuracy, mean_rank, topk_accuracy
+from .model import FUSIONS, AlignmentModel, WeightedLayerFusion, embed_epochs, normalised_embedding
 from .progress import JobProgress, Progress
 
-__all__ = ["FitConfig", "checkpoint_dir", "default_cache_dir", "evaluate_bundle", "evaluate_retrieval",
-           "feature_image_sets", "finished_run", "fit", "image_features", "parse_layer", "resolve_precision", "train_epoch"]
+__all__ = ["FitConfig", "Target", "checkpoint_dir", "default_cache_dir", "evaluate_bundle", "evaluate_retrieval",
+           "feature_image_sets", "finished_run", "fit", "fit_confidence", "fusion_record", "image_features", "parse_layer",
+           "resolve_precision", "train_epoch"]
 
 logger = logging.getLogger("trainer")
 
@@ -61,6 +62,59 @@ def _candidate_layers(cfg: FitConfig, n_layers: int) -> list[str | int]:
     return layer_list(str(layer), n_layers, name=f"--layer for {cfg.backbone}")
 
 
+def _fusion_sets(cfg: FitConfig, candidates: list, n_layers: int, ranked: list | None = None) -> list[list]:
+    """The layer sets ``--fusion`` tries, each in depth order: the ``--fusion-layers`` given,
+    or (auto) the 2 and the 3 best candidates by the proxy (``ranked``, best first; before
+    the proxy has ranked them, the first candidates, which are as many sets) and all of
+    them, without repeats."""
+    if cfg.fusion_layers != "auto":
+        return [layer_list(cfg.fusion_layers, n_layers, name=f"--fusion-layers for {cfg.backbone}")]
+    if len(candidates) < 2:
+        raise UsageError(f"{option_name('fusion')} with {option_name('fusion_layers')} 'auto' fuses candidate layers: "
+                         "give --layer auto (and --layers), or the layers with --fusion-layers")
+    order = ranked or candidates
+    sets: list[list] = []
+    for n in (2, 3, len(candidates)):
+        top = [k for k in candidates if k in order[:n]]
+        if len(top) >= 2 and top not in sets:
+            sets.append(top)
+    return sets
+
+
+def fusion_record(model: AlignmentModel, target: Target) -> dict | None:
+    """What a bundle and metrics.json record of a fused target: the kind, the layers, each
+    layer's feature size and, for "weighted", the learned layer weights; None for one layer."""
+    if target.fusion is None:
+        return None
+    out = {"kind": target.fusion, "layers": list(target.layers), "feature_dims": list(model.feature_dims)}
+    if isinstance(model.image_projector, WeightedLayerFusion):
+        out["weights"] = [float(w) for w in model.image_projector.weights().detach().cpu()]
+    return out
+
+
+def _relative_depth(layer, n_layers: int):
+    """(block + 1) / n_layers; None for the final embedding; a list for fused layers."""
+    if isinstance(layer, list):
+        return [_relative_depth(k, n_layers) for k in layer]
+    return None if layer == "final" else (layer + 1) / n_layers
+
+
+def _depth(layer: str | int, n_layers: int) -> str:
+    return "final" if layer == "final" else f"{(layer + 1) / n_layers:.2f}"
+
+
+def _layer_weights_plot(fusion: dict, n_layers: int, path: Path) -> None:
+    """The learned layer weights of a weighted fusion against the layers' relative depth."""
+    from .plots import new_figure, save_plot
+
+    depth = [1.0 + 0.5 / n_layers if k == "final" else (k + 1) / n_layers for k in fusion["layers"]]
+    fig, ax = new_figure(size=(5, 3.5))
+    ax.bar(depth, fusion["weights"], width=0.6 / n_layers, label="learned weight (softmax)")
+    ax.axhline(1 / len(depth), color="0.5", ls="--", lw=1, label="uniform")
+    ax.set_xticks(depth, [str(k) for k in fusion["layers"]])
+    save_plot(fig, ax, path, "layer (by relative depth; 'final': the pooled final embedding)", "weight")
+
+
 # -- evaluation -----------------------------------------------------------------------------
 
 
@@ -72,6 +126,8 @@ def evaluate_retrieval(
     *,
     device: torch.device | str = "cpu",
     kways: tuple[int, ...] = (2, 4, 10),
+    temperatures: dict[str, dict[str, float]] | None = None,
+    reliability_png: Path | None = None,
 ) -> dict[str, Any]:
     """Zero-shot retrieval of test epochs against a gallery of image embeddings.
 
@@ -84,10 +140,18 @@ def evaluate_retrieval(
     gallery : array (N, D)
         L2-normalised gallery embeddings.
 
+    temperatures : {"single_trial": {name: T, ...}, "averaged": {...}}, optional
+        Softmax temperatures whose confidences to measure (e.g. "before": the training
+        temperature, "after": the calibrated one): ``confidence`` then holds, per
+        condition and name, the expected calibration error, mean top-1 confidence and top-1
+        (:func:`trainer.confidence.calibration_record`); ``reliability_png`` draws their
+        reliability diagrams.
+
     Returns
     -------
     dict with ``n_way``, ``chance_top1``, ``averaged`` and ``single_trial`` (top1/top5),
-    and ``kway`` (top-1 of 2/4/10-way subsets, averaged repetitions).
+    ``kway`` (top-1 of 2/4/10-way subsets, averaged repetitions), and ``confidence`` when
+    ``temperatures`` are given.
     """
     device = torch.device(device)
     n_img, n_rep = test.shape[:2]
@@ -105,6 +169,17 @@ def evaluate_retrieval(
         "single_trial": topk_accuracy(sim_single, np.repeat(targets, n_rep)),
         "kway": {str(k): kway_accuracy(sim_avg, targets, k)["top1"] for k in kways if k < n_way},
     }
+    if temperatures:
+        from .confidence import calibration_record, reliability_plot
+
+        panels, result["confidence"] = {}, {}
+        for cond, sim, tg in (("single_trial", sim_single, np.repeat(targets, n_rep)), ("averaged", sim_avg, targets)):
+            records = calibration_record(sim, tg, temperatures[cond])
+            label = "single trials" if cond == "single_trial" else f"averaged over {n_rep} repetitions"
+            panels[f"test, {label} ({n_way}-way)"] = records
+            result["confidence"][cond] = {name: {k: v for k, v in rec.items() if k != "bins"} for name, rec in records.items()}
+        if reliability_png is not None:
+            reliability_plot(panels, reliability_png)
     return result
 
 
@@ -180,13 +255,51 @@ def _load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimi
 # -- training -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Target:
+    """What the image side is aligned with: one layer (``fusion`` None), or several layers'
+    features side by side, combined by ``fusion`` ("concat" or "weighted": trainer.model)."""
+
+    layers: tuple
+    fusion: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Its name in checkpoints and logs: ``layer_3``, ``weighted-layer_2+layer_3+final``."""
+        if self.fusion is None:
+            return layer_key(self.layers[0])
+        return f"{self.fusion}-" + "+".join(layer_key(k) for k in self.layers)
+
+    @property
+    def layer(self) -> str | int | list:
+        """As metrics and the bundle record it: the layer, or the list of fused layers."""
+        return self.layers[0] if self.fusion is None else list(self.layers)
+
+    def features(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        """Its features (n, sum of the layers' sizes) from per-layer features."""
+        parts = [feats[layer_key(k)] for k in self.layers]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def dims(self, feats: dict[str, np.ndarray]) -> list[int]:
+        return [int(feats[layer_key(k)].shape[1]) for k in self.layers]
+
+
 @dataclass
 class LayerResult:
-    layer: str | int
+    target: Target
     best_val_top1: float
     best_epoch: int
+    best_val_rank: float = 0.0  # mean percentile rank of the true image at the best epoch (1 = first)
     history: list[dict] = field(default_factory=list)
     state: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def layer(self) -> str | int | list:
+        return self.target.layer
+
+    def better_than(self, other: "LayerResult | None") -> bool:
+        """Validation top-1, ties broken by the mean rank (the first of full equals stays)."""
+        return other is None or (self.best_val_top1, self.best_val_rank) > (other.best_val_top1, other.best_val_rank)
 
 
 @dataclass
@@ -241,9 +354,9 @@ def train_epoch(model: AlignmentModel, opt: torch.optim.Optimizer, x: torch.Tens
 
 def _train_layer(
     cfg: FitConfig,
-    layer: str | int,
+    target: Target,
     data: SubjectData,
-    features: np.ndarray,
+    feats: dict[str, np.ndarray],
     split: _Split,
     device: torch.device,
     ckpt_dir: Path,
@@ -251,17 +364,19 @@ def _train_layer(
     job: JobProgress,
     label: str,
 ) -> tuple[LayerResult, AlignmentModel]:
-    """Train one layer's model (resuming from its checkpoint); ``job`` step ``label`` follows its epochs."""
+    """Train one target's model (resuming from its checkpoint) on ``feats`` (per layer key);
+    ``job`` step ``label`` follows its epochs."""
     n_chans, n_times = data.train.shape[1:]
     enc_cfg = {"name": cfg.encoder, "n_chans": int(n_chans), "n_times": int(n_times), "embed_dim": cfg.embed_dim}
+    features = target.features(feats)
     torch.manual_seed(cfg.seed)
-    model = AlignmentModel(enc_cfg, features.shape[1], cfg.proj_dim, temperature=cfg.temperature,
-                           learn_temperature=cfg.learn_temperature).to(device)
+    model = AlignmentModel(enc_cfg, target.dims(feats), cfg.proj_dim, temperature=cfg.temperature,
+                           learn_temperature=cfg.learn_temperature, fusion=target.fusion).to(device)
     # fused AdamW on a GPU (one kernel for all parameters); on a CPU the default, whose
     # results a fused step would not reproduce bit for bit
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
     precision = resolve_precision(cfg.precision, device)
-    logger.debug("%s: training steps in %s on %s", layer_key(layer), precision, device)
+    logger.debug("%s: training steps in %s on %s", target.key, precision, device)
     # the whole training set lives on the device as tensors: no per-sample Python loop
     x_fit, x_val, val_targets = split.x_fit, split.x_val, split.val_targets
     # image features standardised with the statistics of the fitting images (pooled
@@ -272,8 +387,8 @@ def _train_layer(
     f_fit = (f_fit - f_mean) / f_std
     f_val = (torch.from_numpy(features[split.val_images]).to(device) - f_mean) / f_std
 
-    ckpt = ckpt_dir / f"{layer_key(layer)}.safetensors"
-    result = LayerResult(layer=layer, best_val_top1=-1.0, best_epoch=-1)
+    ckpt = ckpt_dir / f"{target.key}.safetensors"
+    result = LayerResult(target=target, best_val_top1=-1.0, best_epoch=-1)
     start = 0
     resumed = _load_checkpoint(ckpt, model, opt, fingerprint)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -281,7 +396,8 @@ def _train_layer(
         info, best_state = resumed
         start = min(int(info["epoch"]) + 1, cfg.epochs)
         result.best_val_top1, result.best_epoch, result.history = info["best_val_top1"], info["best_epoch"], info["history"]
-        logger.info("%s: resuming after epoch %d", layer_key(layer), start)
+        result.best_val_rank = info.get("best_val_rank", 0.0)
+        logger.info("%s: resuming after epoch %d", target.key, start)
     job.skip(label, start / cfg.epochs)  # epochs already trained are no work left
     n = len(x_fit)
     n_batches = max(1, math.ceil(n / cfg.batch_size))
@@ -296,11 +412,12 @@ def _train_layer(
         model.eval()
         with torch.inference_mode():
             gal = normalised_embedding(model.embed_images, f_val).cpu().numpy()
-        val = topk_accuracy(embed_epochs(model.embed_brain, x_val, device=device) @ gal.T, val_targets)["top1"]
+        sim = embed_epochs(model.embed_brain, x_val, device=device) @ gal.T
+        val = topk_accuracy(sim, val_targets)["top1"]
         result.history.append({"epoch": epoch, "loss": loss, "val_top1": val,
                                "temperature": float(model.logit_scale.temperature)})
         if val > result.best_val_top1:
-            result.best_val_top1, result.best_epoch = val, epoch
+            result.best_val_top1, result.best_epoch, result.best_val_rank = val, epoch, mean_rank(sim, val_targets)
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         # checkpoint at most every CHECKPOINT_SECONDS (and after the last epoch): an
         # interruption loses little, and small runs are not slowed by writing weights each
@@ -308,7 +425,7 @@ def _train_layer(
         if epoch == cfg.epochs - 1 or time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
             _save_checkpoint(ckpt, model, best_state, opt, {
                 "epoch": epoch, "best_val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
-                "history": result.history, "fingerprint": fingerprint,
+                "best_val_rank": result.best_val_rank, "history": result.history, "fingerprint": fingerprint,
             })
             last_save = time.perf_counter()
         job.update(label, epoch + 1 - start, cfg.epochs - start,
@@ -466,14 +583,15 @@ _EPOCH_SAMPLE_COST = 0.000033
 _BUNDLE_COST = 0.02  # per gallery image: embedding, thumbnail
 
 
-def _job(cfg: FitConfig, backbone, data: SubjectData, n_fit: int, keys: list[str], report: Progress | None) -> JobProgress:
-    """The steps of a run and their estimated costs (see the constants above)."""
+def _job(cfg: FitConfig, backbone, data: SubjectData, n_fit: int, labels: list[str], report: Progress | None) -> JobProgress:
+    """The steps of a run (the feature pass, one training per label, the bundle) and their
+    estimated costs (see the constants above)."""
     pixels = float(np.prod(backbone.data_config["input_size"][1:])) / 224**2
     n_images = len(data.train_images) + len(data.test_images)
     enc_weights = (data.train.shape[1] * data.train.shape[2] + cfg.embed_dim + cfg.proj_dim) * cfg.embed_dim
     costs = {"features": n_images * _IMAGE_COST * backbone.n_params / 1e6 * pixels}
-    for i, key in enumerate(keys):
-        costs[f"{key} ({i + 1}/{len(keys)})"] = cfg.epochs * n_fit * _EPOCH_SAMPLE_COST * enc_weights / 1e6
+    for label in labels:
+        costs[label] = cfg.epochs * n_fit * _EPOCH_SAMPLE_COST * enc_weights / 1e6
     costs["bundle"] = len(data.test_images) * _BUNDLE_COST
     return JobProgress(report, costs)
 
@@ -515,7 +633,10 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
                              trust_remote_code=cfg.trust_remote_code, precision=cfg.feature_precision,
                              lazy=True)  # the weights are read only if a feature is not in the cache
     candidates = _candidate_layers(cfg, backbone.n_layers)  # bad names and layers fail before any data work
-    if any(k != "final" for k in candidates):
+    kinds = (FUSIONS if cfg.fusion == "auto" else (cfg.fusion,)) if cfg.fusion != "none" else ()
+    fused_sets = _fusion_sets(cfg, candidates, backbone.n_layers) if kinds else []  # how many (the proxy orders them)
+    n_fused = len(fused_sets) * len(kinds)
+    if any(k != "final" for k in candidates + [k for layers in fused_sets for k in layers]):
         check_pooling(backbone, cfg.pooling)
     atomic_write_text(out / "config.json", json.dumps(_resolved(cfg), indent=2) + "\n")
     if progress is not None:
@@ -531,79 +652,150 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     fit_rows, val_rows = validation_split(concepts, fraction=cfg.val_fraction, seed=cfg.seed)
     # a single candidate needs no search; the proxy trains one layer, the full search all
     search = "fixed" if len(candidates) == 1 else cfg.layer_search
-    job = _job(cfg, backbone, data, len(fit_rows), ["chosen layer"] if search == "proxy" else keys, progress)
+    # one layer's model unless --fusion concat/weighted asks for a fusion (auto weighs both)
+    single = cfg.fusion in ("none", "auto")
+    steps = (["chosen layer"] if search == "proxy" else keys) * single + [f"fusion {i + 1}" for i in range(n_fused)]
+    labels = [f"{name} ({i + 1}/{len(steps)})" for i, name in enumerate(steps)]  # the job's steps, one per training
+    job = _job(cfg, backbone, data, len(fit_rows), labels, progress)
     cache.mkdir(parents=True, exist_ok=True)
-    feats_train, feats_test = image_features(backbone, cfg, data.train_images, data.test_images, candidates, cache,
+    needed = list(dict.fromkeys(candidates + [k for layers in fused_sets for k in layers]))
+    feats_train, feats_test = image_features(backbone, cfg, data.train_images, data.test_images, needed, cache,
                                             report=job.callback("features"))
     if job.fraction["features"] == 0:
         job.skip("features")  # all cached
     split = _Split.of(data, fit_rows, val_rows, device)
     proxy: dict[str, dict] = {}
-    if search == "proxy":  # training rows only: the test features stay untouched until the chosen model is tested
+    ranked = candidates
+    if (single and search == "proxy") or (kinds and cfg.fusion_layers == "auto"):
+        # training rows only: the test features stay untouched until the chosen model is tested
         scores = ridge_layer_scores(data.train[fit_rows], split.x_val, {k: feats_train[k][split.fit_images] for k in keys},
                                     {k: feats_train[k][split.val_images] for k in keys}, split.val_targets)
         proxy = {s.layer: s.to_dict() for s in scores}
         for s in scores:
             logger.info("%s: ridge proxy mean rank %.3f, top-1 %.3f (alpha %g)", s.layer, s.mean_rank, s.top1, s.alpha)
-        trained = [candidates[keys.index(choose_layer(scores))]]
-        labels = ["chosen layer (1/1)"]
-    else:
-        trained = candidates
-        labels = [f"{key} ({i + 1}/{len(keys)})" for i, key in enumerate(keys)]
+        ranked = [candidates[keys.index(s.layer)] for s in sorted(scores, key=lambda s: -s.mean_rank)]  # stable: first of equals
+    targets = ([Target((ranked[0],))] if search == "proxy" else [Target((layer,)) for layer in candidates]) if single else []
+    fused_sets = _fusion_sets(cfg, candidates, backbone.n_layers, ranked) if kinds else []
+    targets += [Target(tuple(layers), kind) for kind in kinds for layers in fused_sets]
     results = []
     best: tuple[LayerResult, AlignmentModel] | None = None
     atomic_write_text(ckpts / "run.json", json.dumps({"out": str(out.resolve())}) + "\n")  # whose checkpoints these are
     extra = {"backbone": backbone.weights_id, "n_train": len(data.train), "spec": data.spec.to_dict()}
-    for layer, label in zip(trained, labels):
-        key = layer_key(layer)
-        res, model = _train_layer(cfg, layer, data, feats_train[key], split, device, ckpts,
-                                  _fingerprint(cfg, key, extra), job, label)
+    for target, label in zip(targets, labels):
+        res, model = _train_layer(cfg, target, data, feats_train, split, device, ckpts,
+                                  _fingerprint(cfg, target.key, extra), job, label)
         results.append(res)
-        logger.info("%s (depth %s): best validation top-1 %.3f at epoch %d", key,
-                    "final" if layer == "final" else f"{(layer + 1) / backbone.n_layers:.2f}", res.best_val_top1, res.best_epoch)
-        if best is None or res.best_val_top1 > best[0].best_val_top1:
+        logger.info("%s (depth %s): best validation top-1 %.3f (mean rank %.3f) at epoch %d", target.key,
+                    ", ".join(_depth(k, backbone.n_layers) for k in target.layers), res.best_val_top1, res.best_val_rank,
+                    res.best_epoch)
+        if res.better_than(best and best[0]):
             best = (res, model)
     chosen, model = best
-    job.update("bundle", 0, 1, f"testing {layer_key(chosen.layer)} and writing the bundle")
-    metrics = _test_and_save(cfg, out, data, backbone, model, chosen, feats_test[layer_key(chosen.layer)], device,
-                             layer_search=search)
-    val_top1 = {layer_key(r.layer): r for r in results}
+    name = chosen.target.key
+    job.update("bundle", 0, 1, f"calibrating the confidences of {name} on validation concepts")
+    confidence = fit_confidence(model, data, val_rows, chosen.target.features(feats_train)[split.val_images],
+                                len(data.test_images), device, seed=cfg.seed)
+    logger.info("confidence: temperature %.4g (training) -> %.4g single trials, %.4g averaged (validation ECE %.3f -> %.3f "
+                "single trials)", confidence["training_temperature"], confidence["single_trial"]["temperature"],
+                confidence["averaged"]["temperature"], confidence["single_trial"]["val_ece_before"],
+                confidence["single_trial"]["val_ece_after"])
+    job.update("bundle", 0, 1, f"testing {name} and writing the bundle")
+    metrics = _test_and_save(cfg, out, data, backbone, model, chosen, chosen.target.features(feats_test), device,
+                             layer_search=search, confidence=confidence)
+    by_key = {r.target.key: r for r in results}
     metrics.update({
         "n_val_concepts": int(len(np.unique(concepts[val_rows]))),
         "layer_search": search,
+        "confidence_fit": confidence,
         # every candidate; the proxy's scores for each, validation top-1 for each trained one
         "layer_sweep": [dict({"layer": layer}, **proxy.get(key, {}),
-                             **({"val_top1": val_top1[key].best_val_top1, "best_epoch": val_top1[key].best_epoch}
-                                if key in val_top1 else {}))
+                             **({"val_top1": by_key[key].best_val_top1, "val_rank": by_key[key].best_val_rank,
+                                 "best_epoch": by_key[key].best_epoch} if key in by_key else {}))
                         for layer, key in zip(candidates, keys)],
         "history": chosen.history,
         "seconds": round(time.perf_counter() - started, 1),
     })
+    if cfg.fusion != "none":  # every target tried, single and fused, with its validation scores
+        metrics["fusion_sweep"] = [{"fusion": r.target.fusion or "none", "layers": list(r.target.layers),
+                                    "val_top1": r.best_val_top1, "val_rank": r.best_val_rank, "best_epoch": r.best_epoch}
+                                   for r in results]
+    if chosen.target.fusion == "weighted":
+        _layer_weights_plot(metrics["fusion"], backbone.n_layers, out / "layer_weights.png")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     shutil.rmtree(ckpts, ignore_errors=True)  # finished: the bundle is all that is kept
     job.update("bundle", 1, 1, "done")
     return metrics
 
 
+def fit_confidence(model: AlignmentModel, data: SubjectData, val_rows: np.ndarray, val_features: np.ndarray,
+                   n_way: int, device: torch.device, *, seed: int = 0) -> dict[str, Any]:
+    """Calibrate the trained model's confidences on validation concepts (never the test
+    images): a temperature for single trials and one for repetition-averaged epochs, each
+    minimising the negative log-likelihood of the shown image among ``n_way`` validation
+    images (:func:`trainer.confidence.fit_temperature`); ``val_features`` are the raw layer
+    features of the validation images, ``np.unique`` of the rows' image ids in order.
+
+    Returns what the bundle records under ``confidence``, with the validation ECE before
+    (the training temperature) and after."""
+    from .confidence import calibration_record, fit_temperature, nway_subsets
+
+    val_images, targets = np.unique(data.train_image_ids[val_rows], return_inverse=True)
+    if len(val_features) != len(val_images):
+        raise ValueError(f"fit_confidence: {len(val_features)} feature rows for {len(val_images)} validation images")
+    with torch.inference_mode():
+        gallery = normalised_embedding(model.embed_images, torch.from_numpy(val_features).to(device)).cpu().numpy()
+    single = data.train_single_trials(val_rows)
+    reps = single.shape[1]
+    conditions = {
+        "single_trial": (embed_epochs(model.embed_brain, single.reshape(-1, *single.shape[2:]), device=device) @ gallery.T,
+                         np.repeat(targets, reps)),
+        "averaged": (embed_epochs(model.embed_brain, data.train[val_rows], device=device) @ gallery.T, targets),
+    }
+    trained = float(model.logit_scale.temperature)
+    out: dict[str, Any] = {"method": "temperature", "n_way": int(n_way), "fitted_on": "validation concepts",
+                           "n_val_images": int(len(val_images)), "training_temperature": trained}
+    for cond, (sim, tg) in conditions.items():
+        temperature = fit_temperature(sim, tg, n_way, seed=seed)
+        # the validation ECE among n_way-image galleries (those the temperature was fitted on)
+        rows = nway_subsets(sim, tg, n_way, seed=seed)
+        rec = calibration_record(rows, np.zeros(len(rows), np.int64), {"before": trained, "after": temperature})
+        out[cond] = {"temperature": temperature, "n_trials": int(len(sim)),
+                     "val_ece_before": rec["before"]["ece"], "val_ece_after": rec["after"]["ece"]}
+    out["averaged"]["n_repetitions"] = int(reps)
+    return out
+
+
 def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model: AlignmentModel, chosen: LayerResult,
-                   gallery_features: np.ndarray, device: torch.device, *, layer_search: str = "fixed") -> dict[str, Any]:
-    """Evaluate the chosen model on the test set (once) and write the bundle; the test metrics."""
+                   gallery_features: np.ndarray, device: torch.device, *, layer_search: str = "fixed",
+                   confidence: dict | None = None) -> dict[str, Any]:
+    """Evaluate the chosen model on the test set (once) and write the bundle; the test
+    metrics.  ``confidence`` (:func:`fit_confidence`) goes into the bundle, and the test
+    confidences are measured at the training and the calibrated temperatures
+    (``metrics["confidence"]``, ``RUN/reliability.png``)."""
     from .vision import dtype_name
 
     with torch.inference_mode():
         gallery = normalised_embedding(model.embed_images, torch.from_numpy(gallery_features).to(device)).cpu().numpy()
     targets = data.test_image_ids  # row i shows test image test_image_ids[i]; gallery is in image order
-    metrics = evaluate_retrieval(model.embed_brain, data.test, gallery, targets, device=device)
+    temperatures = None
+    if confidence is not None:
+        trained = float(model.logit_scale.temperature)
+        temperatures = {cond: {"before": trained, "after": confidence[cond]["temperature"]} for cond in ("single_trial", "averaged")}
+    metrics = evaluate_retrieval(model.embed_brain, data.test, gallery, targets, device=device, temperatures=temperatures,
+                                 reliability_png=out / "reliability.png" if confidence is not None else None)
     metrics.update({
         "subject": cfg.subject,
         "inter_subject": cfg.inter,
         "train_subjects": data.subjects_train,
         "layer": chosen.layer,
-        "layer_depth": None if chosen.layer == "final" else (chosen.layer + 1) / backbone.n_layers,
+        "layer_depth": _relative_depth(chosen.layer, backbone.n_layers),
         "n_layers": backbone.n_layers,
         "val_top1": chosen.best_val_top1,
         "best_epoch": chosen.best_epoch,
     })
+    fusion = fusion_record(model, chosen.target)
+    if fusion is not None:
+        metrics["fusion"] = fusion
     test_images = data.test_images
     save_bundle(
         out,
@@ -623,7 +815,10 @@ def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model
         provenance={"data": str(Path(cfg.data).expanduser().resolve()), "subject": cfg.subject, "inter": cfg.inter,
                     "train_subjects": data.subjects_train, "source": data.source, "seed": cfg.seed, "layer_search": layer_search,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__},
-        metrics={k: metrics[k] for k in ("n_way", "averaged", "single_trial", "kway", "layer", "val_top1")},
+        metrics={k: metrics[k] for k in ("n_way", "averaged", "single_trial", "kway", "layer", "val_top1", "confidence")
+                 if k in metrics},
+        confidence=confidence,
+        fusion=fusion,
     )
     return metrics
 
@@ -648,6 +843,10 @@ def evaluate_bundle(bundle_path: str | Path, data: str | Path, subject: int, *, 
                               f"test image(s) {missing[:5]} of the data are not in the bundle's gallery")
     targets = np.array([lookup[int(i) + 1] for i in image_ids])
     brain, dev = bundle.brain_on(resolve_device(device))
-    metrics = evaluate_retrieval(brain, test, bundle.gallery, targets, device=dev)
+    temperatures = None
+    if bundle.confidence is not None:  # its confidences measured at the training and the calibrated temperatures
+        temperatures = {cond: {"before": bundle.temperature, "after": bundle.confidence_temperature(cond)}
+                        for cond in ("single_trial", "averaged")}
+    metrics = evaluate_retrieval(brain, test, bundle.gallery, targets, device=dev, temperatures=temperatures)
     metrics.update({"subject": subject, "bundle": str(bundle.path), "layer": bundle.config["layer"]})
     return metrics

@@ -37,6 +37,8 @@ from typing import Mapping
 
 import numpy as np
 
+from .metrics import mean_rank
+
 __all__ = ["ALPHAS", "LayerScore", "RidgeBasis", "choose_layer", "ridge_layer_scores"]
 
 #: ridge penalties, relative to the mean eigenvalue of the EEG Gram matrix (so the grid
@@ -113,8 +115,7 @@ def _retrieval(pred: np.ndarray, gallery: np.ndarray, targets: np.ndarray) -> tu
     sim = unit(pred) @ unit(gallery).T
     true = sim[np.arange(len(targets)), targets]
     above = (sim > true[:, None]).sum(axis=1)  # ties count in the row's favour
-    n = gallery.shape[0]
-    return float(np.mean(1.0 - above / max(n - 1, 1))), float(np.mean(above == 0))
+    return mean_rank(sim, targets), float(np.mean(above == 0))
 
 
 def ridge_layer_scores(

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["cosine_similarity", "topk_accuracy", "kway_accuracy"]
+__all__ = ["cosine_similarity", "kway_accuracy", "mean_rank", "topk_accuracy"]
 
 
 def cosine_similarity(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -46,6 +46,16 @@ def topk_accuracy(similarity: np.ndarray, targets: np.ndarray, ks: Sequence[int]
     others[np.arange(len(targets)), targets] = -np.inf
     rank = (others >= target_score[:, None]).sum(axis=1)  # candidates ranked at or above the target
     return {f"top{k}": float((rank < k).mean()) if len(targets) else float("nan") for k in ks}
+
+
+def mean_rank(similarity: np.ndarray, targets: np.ndarray) -> float:
+    """Mean percentile rank of each query's target among the candidates: 1 when it is always
+    first, 0 always last, 0.5 chance (ties count in the target's favour).  Finer than top-1
+    when few queries hit: every query counts, not only the hits."""
+    similarity, targets = _check(similarity, targets)
+    true = similarity[np.arange(len(targets)), targets]
+    above = (similarity > true[:, None]).sum(axis=1)
+    return float(np.mean(1.0 - above / max(similarity.shape[1] - 1, 1)))
 
 
 def kway_accuracy(

@@ -33,8 +33,9 @@ import numpy as np
 from .config import FitConfig, default_cache_dir
 from .errors import DataFormatError, UsageError
 from .files import atomic_path, atomic_write_text
+from .plots import new_figure, save_plot
 from .progress import Progress
-from .sweep import Engine, SweepRun, plan_runs, run_sweep, save_plot, write_report
+from .sweep import Engine, SweepRun, plan_runs, run_sweep, write_report
 
 __all__ = ["Protocol", "load_protocol", "plan_protocol", "reproduce"]
 
@@ -111,9 +112,10 @@ def load_protocol(path: str | Path, *, out: str | None = None) -> Protocol:
     if bad:
         raise DataFormatError(path, f"fit.{bad[0]}", "not a setting of bci-train fit")
     owned = sorted(set(fit) & {"data", "out", "subject", "seed", "backbone", "weights", "layer", "layers", "inter",
-                               "train_subjects", "source"})
+                               "train_subjects", "source", "fusion", "fusion_layers"})
     if owned:
-        raise DataFormatError(path, f"fit.{owned[0]}", "set by the protocol itself (top-level keys and [[backbone]])")
+        raise DataFormatError(path, f"fit.{owned[0]}", "set by the protocol itself (top-level keys and [[backbone]]); "
+                                                       "a protocol sweeps single layers, so fusion is not one of its settings")
     protocol = Protocol(out=out or local(raw.get("out", "")), eeg=local(raw.get("eeg", "")), meg=local(raw.get("meg", "")),
                         subjects=list(raw.get("subjects", [])), meg_subjects=list(raw.get("meg_subjects", [])),
                         seeds=list(raw.get("seeds", [0])), modes=list(raw.get("modes", ["intra"])), backbones=backbones,
@@ -252,17 +254,12 @@ def _pearson(x: list[float], y: list[float]) -> float:
 
 
 def _scaling_plot(table: list[dict], path: Path, title: str) -> dict[str, float]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x = [math.log(t["n_params"]) for t in table]
     chosen = [t["top1"] for t in table]
     finals = [(xi, t["final_top1"]) for xi, t in zip(x, table) if "final_top1" in t]
     r_chosen = _pearson(x, chosen)
     r_final = _pearson([a for a, _ in finals], [b for _, b in finals])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure()
     ax.errorbar(x, chosen, yerr=[t["top1_sd"] for t in table], fmt="o", capsize=3,
                 label=f"layer chosen on validation (r = {r_chosen:.2f})")
     if finals:

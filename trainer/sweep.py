@@ -34,7 +34,7 @@ from .errors import BCIError, UsageError
 from .files import atomic_path, atomic_write_text
 from .progress import JobProgress, Progress
 
-__all__ = ["ENGINES", "Engine", "SweepRun", "feature_key", "plan_runs", "run_sweep", "save_plot", "sweep", "write_report"]
+__all__ = ["ENGINES", "Engine", "SweepRun", "feature_key", "plan_runs", "run_sweep", "sweep", "write_report"]
 
 logger = logging.getLogger("trainer")
 
@@ -349,27 +349,10 @@ def _mean_by(rows: list[dict], keys: tuple[str, ...], value: str) -> dict[tuple,
     return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
-def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
-    """Label, grid, legend and write a matplotlib figure as a PNG (atomically), and close it."""
-    import matplotlib.pyplot as plt
-
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-
 def write_report(rows: list[dict], out: Path) -> None:
     """``sweep.csv``, ``sweep.md`` and the plots ``top1_vs_depth.png`` and (with several
     backbones) ``top1_vs_params.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import new_figure, save_plot
 
     out = Path(out)
     fields = list(rows[0]) if rows else []
@@ -402,7 +385,7 @@ def write_report(rows: list[dict], out: Path) -> None:
         final_s = "-" if final is None else f"{final:.3f}"
         lines.append(f"| {b} | {n_params / 1e6:.1f}M | {best} | {best_top1:.3f} | {final_s} |")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure()
     for b in backbones:
         pts = sorted(((k + 1) / info[b]["n_layers"], test[(b, k)]) for (bb, k) in test if bb == b and k != "final")
         line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=b)[0]
@@ -414,7 +397,7 @@ def write_report(rows: list[dict], out: Path) -> None:
     if len(summary) >= 2:
         x = np.log([s[1] for s in summary])
         best_y = np.array([s[3] for s in summary])
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = new_figure()
         r_best = float(np.corrcoef(x, best_y)[0, 1]) if np.ptp(best_y) > 0 else float("nan")
         ax.scatter(x, best_y, label=f"best intermediate layer (r = {r_best:.2f})")
         finals = [(xi, s[4]) for xi, s in zip(x, summary) if s[4] is not None]

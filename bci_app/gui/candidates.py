@@ -231,6 +231,7 @@ class CandidateView(QWidget):
         for cards in self.rows.values():
             for card in cards:
                 card.clear()
+        self.row_titles["single"].setText("single trial")
         self.row_titles["averaged"].setText("averaged repetitions")
         self.records = 0
 
@@ -244,6 +245,9 @@ class CandidateView(QWidget):
         else:
             self.truth.clear()
             self.truth_note.setText(f"marker {record.get('marker')}: not in the gallery")
+        calibrated = record.get("calibrated")
+        self.row_titles["single"].setText("single trial" + ("" if calibrated is None else " · calibrated confidence" if calibrated
+                                                            else " · confidence not calibrated (the bundle has no calibration)"))
         self._fill("single", record.get("topk") or [], record.get("confidence") or [], truth)
         avg = record.get("averaged")
         if avg:

@@ -26,9 +26,10 @@ def epochs(bundle):
 
 
 def _brute_force(bundle, x, k):
-    """Top-k ids and confidences from bundle.embed, cosine similarity and softmax(sim / T)."""
+    """Top-k ids and confidences from bundle.embed, cosine similarity and softmax(sim / T),
+    T the bundle's calibrated single-trial temperature."""
     sim = bundle.embed(x).astype(np.float64) @ bundle.gallery.T.astype(np.float64)
-    logits = sim / bundle.temperature
+    logits = sim / bundle.confidence["single_trial"]["temperature"]
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -80,6 +81,8 @@ def test_batch_equals_one_by_one(bundle, epochs):
 def test_averaged_prediction_is_the_prediction_of_the_mean(bundle, epochs):
     decoder = Decoder(bundle, device="cpu", top_k=5)
     reference = Decoder(bundle, device="cpu", top_k=5)
+    assert decoder.avg_temperature != decoder.temperature  # calibrated apart
+    reference.temperature = reference.avg_temperature  # averages are scored at the averaged temperature
     sid = 7
     for k in range(1, 5):
         (p,) = decoder.decode(epochs[k - 1 : k], [sid])
@@ -98,6 +101,7 @@ def test_averaged_prediction_is_the_prediction_of_the_mean(bundle, epochs):
 def test_averages_in_one_batch_and_per_stimulus(bundle, epochs):
     decoder = Decoder(bundle, device="cpu", top_k=3)
     reference = Decoder(bundle, device="cpu", top_k=3)
+    reference.temperature = reference.avg_temperature  # averages are scored at the averaged temperature
     preds = decoder.decode(epochs[:5], [1, 2, None, 1, 1])
     assert [p.n_averaged for p in preds] == [1, 1, 0, 2, 3]
     assert preds[2].avg_topk is None and preds[2].avg_confidence is None

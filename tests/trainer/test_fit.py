@@ -58,18 +58,43 @@ def test_fit_writes_bundle_and_metrics(tiny_run):
     assert bundle.thumbnail_path(0).is_file()
 
 
+def test_calibration_lowers_the_calibration_error_on_the_held_out_test_set(tiny_run):
+    """The temperatures are fitted on validation concepts only; on the test set (unseen
+    concepts, single trials) the calibrated confidences are closer to the accuracy than
+    those at the training temperature, and the ranking is the same."""
+    run, _, metrics = tiny_run
+    saved = json.loads((run / "metrics.json").read_text())
+    single = saved["confidence"]["single_trial"]
+    assert single["after"]["ece"] <= single["before"]["ece"]
+    assert single["after"]["top1"] == single["before"]["top1"] == saved["single_trial"]["top1"]
+    fitted = saved["confidence_fit"]
+    assert single["after"]["temperature"] == fitted["single_trial"]["temperature"]
+    assert fitted["fitted_on"] == "validation concepts" and fitted["n_way"] == 20
+    assert fitted["single_trial"]["val_ece_after"] <= fitted["single_trial"]["val_ece_before"]
+    bundle = load_bundle(run)
+    assert bundle.confidence["single_trial"]["temperature"] == fitted["single_trial"]["temperature"]
+    assert bundle.config["metrics"]["confidence"] == saved["confidence"]
+    assert (run / "reliability.png").stat().st_size > 10_000
+    # eval --bundle measures the same with the bundle alone
+    assert metrics["confidence"] == saved["confidence"]
+
+
 def test_eval_reproduces_fit_metrics(tiny_run, tiny_dataset, capsys):
     run, cache, metrics = tiny_run
     again = evaluate_bundle(run, tiny_dataset, 1, device="cpu", cache=cache)
     for key in ("averaged", "single_trial", "kway", "n_way"):
         assert again[key] == metrics[key], key
+    for cond in ("single_trial", "averaged"):  # the gallery is stored in float32: equal to float rounding
+        for when in ("before", "after"):
+            assert again["confidence"][cond][when] == pytest.approx(metrics["confidence"][cond][when], rel=1e-6, abs=1e-7)
     assert main(["eval", "--bundle", str(run), "--data", str(tiny_dataset), "--subject", "1", "--cache", str(cache), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["averaged"] == metrics["averaged"]
 
 
 def test_layer_choice_never_reads_test_data(tiny_dataset, tmp_path, monkeypatch, cache):
-    """Replacing the test EEG by noise changes nothing in training or layer choice."""
+    """Replacing the test EEG by noise changes nothing in training, layer and fusion choice
+    or calibration."""
     real_loader = fit_module.load_fit_data
     runs = {}
     for name, scramble in (("real", False), ("noise", True)):
@@ -80,10 +105,10 @@ def test_layer_choice_never_reads_test_data(tiny_dataset, tmp_path, monkeypatch,
             return data
 
         monkeypatch.setattr(fit_module, "load_fit_data", loader)
-        runs[name] = fit(_config(tiny_dataset, tmp_path / name, cache, layer="auto", layers="0,2,final", epochs=2))
-    assert runs["real"]["layer_sweep"] == runs["noise"]["layer_sweep"]
-    assert runs["real"]["layer"] == runs["noise"]["layer"]
-    assert runs["real"]["history"] == runs["noise"]["history"]
+        runs[name] = fit(_config(tiny_dataset, tmp_path / name, cache, layer="auto", layers="0,2,final", epochs=2,
+                                 fusion="auto"))
+    for key in ("layer_sweep", "fusion_sweep", "layer", "history", "confidence_fit"):
+        assert runs["real"][key] == runs["noise"][key], key
     assert runs["real"]["averaged"] != runs["noise"]["averaged"] or runs["real"]["single_trial"] != runs["noise"]["single_trial"]
 
 
@@ -117,12 +142,12 @@ def test_resume_continues_where_it_stopped(tiny_dataset, tmp_path, caplog, monke
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
     np.testing.assert_allclose([h["loss"] for h in resumed["history"]], [h["loss"] for h in full["history"]], rtol=1e-4)
     assert resumed["averaged"] == full["averaged"]
-    # finished: no checkpoint left, and the run folder is the bundle and its two JSON files
+    # finished: no checkpoint left, and the run folder is the bundle, its two JSON files and the reliability diagram
     for run in ("full", "part"):
         assert not fit_module.checkpoint_dir(tmp_path / run, cache).exists()
     names = {p.relative_to(tmp_path / "part").parts[0] for p in (tmp_path / "part").rglob("*")}
     assert names == {"bundle.json", "encoder.safetensors", "gallery.safetensors", "gallery.json", "thumbnails",
-                     "config.json", "metrics.json"}
+                     "config.json", "metrics.json", "reliability.png"}
 
 
 def test_run_folder_is_the_bundle_and_a_few_files(tiny_run):
