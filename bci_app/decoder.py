@@ -111,6 +111,8 @@ class Decoder:
         self.gallery_t = torch.from_numpy(np.ascontiguousarray(bundle.gallery.T)).to(self.device)
         self.ids = torch.from_numpy(np.asarray(bundle.gallery_ids, dtype=np.int64))
         self.temperature, self.avg_temperature = temperatures
+        # the provisional stages (--windows): (end, samples, single-trial temperature)
+        self.stages = [(float(w["end"]), int(w["n_times"]), float(w["single_trial"]["temperature"])) for w in bundle.windows]
         #: whether the confidences are calibrated probabilities (the bundle has a calibration)
         self.calibrated = bundle.confidence is not None
         self.top_k = min(top_k, len(bundle.gallery_ids))
@@ -138,19 +140,38 @@ class Decoder:
             return None
         return encoder.input_linear()
 
-    def _scores(self, z: torch.Tensor, n_single: int) -> tuple[np.ndarray, np.ndarray]:
+    def _scores(self, z: torch.Tensor, n_single: int, temperature: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ids and confidences of embeddings ``z`` (n, proj_dim), on the device, the
-        first ``n_single`` of single trials, the others of averages (each at its temperature):
-        the softmax of the k best only (``exp(logit - logsumexp)``), so a large gallery's
-        scores are passed over twice (normaliser, top-k) and never copied."""
+        first ``n_single`` of single trials, the others of averages (each at its temperature;
+        ``temperature`` instead for the single trials of a provisional stage): the softmax of
+        the k best only (``exp(logit - logsumexp)``), so a large gallery's scores are passed
+        over twice (normaliser, top-k) and never copied."""
         logits = z @ self.gallery_t
-        logits[:n_single] /= self.temperature
+        logits[:n_single] /= self.temperature if temperature is None else temperature
         logits[n_single:] /= self.avg_temperature
         top, idx = torch.topk(logits, self.top_k, dim=1)
         conf = torch.exp(top - torch.logsumexp(logits, dim=1, keepdim=True)).cpu().numpy()
         if not np.isfinite(conf).all():  # finite epochs, finite weights: cannot happen, never emit it
             raise RuntimeError("the decoder produced non-finite confidences")
         return self.ids[idx.cpu()].numpy(), conf
+
+    def decode_stage(self, epochs: np.ndarray, stage: int) -> list[Prediction]:
+        """Provisional predictions for epochs (n, C, T_stage) of provisional stage ``stage``
+        (the epoch's first samples; padded with zeros to the model's input, as it learnt
+        them): single trials only, at the stage's calibrated temperature; the running
+        averages are neither used nor updated (they take whole epochs)."""
+        from trainer.windows import zero_padded
+
+        if not 0 <= stage < len(self.stages):
+            raise UsageError(f"stage must be 0..{len(self.stages) - 1} (the bundle's provisional windows), got {stage!r}")
+        end, n_stage, temperature = self.stages[stage]
+        epochs = np.asarray(epochs, dtype=np.float32)
+        if epochs.ndim != 3 or epochs.shape[1:] != (self.bundle.n_chans, n_stage):
+            raise UsageError(f"epochs of the {end:g} s window must be (n, {self.bundle.n_chans}, {n_stage}), got {epochs.shape}")
+        with torch.inference_mode():
+            x = torch.from_numpy(zero_padded(epochs, self.bundle.n_times)).to(self.device)
+            ids, conf = self._scores(normalised_embedding(self.model, x), len(x), temperature)
+        return [Prediction(ids[i].tolist(), conf[i].tolist()) for i in range(len(epochs))]
 
     def reset_averages(self) -> None:
         self._sums.clear()

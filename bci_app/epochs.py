@@ -16,6 +16,13 @@ sample to 0), when its window began before the first sample received (``before s
 marker just after connecting), when it fell out of the buffer (``overrun``), or when the
 app is too far behind to decide in time (``overload``: markers come faster than epochs
 can be decoded; the newest go first, so decisions stay timely).
+
+A bundle trained with ``--windows`` (:mod:`trainer.windows`) has provisional stages: as
+soon as the raw window of a stage's shorter epoch is in, that epoch (the full epoch's first
+samples, preprocessed by the stage's spec) is handed out as a :class:`ProvisionalEpoch`
+(:meth:`OnlineEpocher.take_provisional`); when several stages complete together only the
+latest is, and none once the whole epoch is ready.  A provisional epoch with a problem is
+skipped: the whole epoch says why (and is counted) when its turn comes.
 """
 
 from __future__ import annotations
@@ -23,16 +30,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from trainer.errors import DataFormatError
 from trainer.preprocessing import PreprocessingSpec, flat_channels, select_channels, window_problem
+from trainer.windows import stage_spec
 
 from .streams import EEGSource, StreamError
 
-__all__ = ["MarkerEvent", "ReadyEpoch", "OnlineEpocher", "REJECT_REASONS"]
+__all__ = ["MarkerEvent", "OnlineEpocher", "ProvisionalEpoch", "ReadyEpoch", "REJECT_REASONS"]
 
 logger = logging.getLogger("bci_app")
 
@@ -50,6 +58,7 @@ class MarkerEvent:
     label: str
     received: float
     onset: int | None = None  # absolute sample index, once matched
+    stages_done: int = 0  # provisional stages handed out or passed over
 
 
 @dataclass
@@ -57,6 +66,15 @@ class ReadyEpoch:
     marker: MarkerEvent
     epoch: np.ndarray  # (C, T) float32, preprocessed
     t_ready: float  # local LSL time the epoch's last sample arrived
+
+
+@dataclass
+class ProvisionalEpoch:
+    marker: MarkerEvent
+    stage: int  # index into OnlineEpocher.stage_ends
+    end: float  # seconds after the onset the stage's epoch ends
+    epoch: np.ndarray  # (C, T_stage) float32, preprocessed
+    t_ready: float
 
 
 class OnlineEpocher:
@@ -78,10 +96,13 @@ class OnlineEpocher:
         as ``overload`` instead of decoded late.
     max_pending : int
         Markers waiting for their samples at most; older ones beyond are ``overload``.
+    stages : sequence of float
+        Window ends (seconds after the onset, before the epoch's end) of the provisional
+        stages (:attr:`trainer.bundle.Bundle.windows`); none by default.
     """
 
     def __init__(self, spec: PreprocessingSpec, source: EEGSource, *, no_data_timeout: float = 5.0,
-                 max_batch: int = 64, max_delay: float = 1.0, max_pending: int = 5000):
+                 max_batch: int = 64, max_delay: float = 1.0, max_pending: int = 5000, stages: Sequence[float] = ()):
         try:
             self.spec = spec.resolve(source.ch_names, source=f"stream {source.name!r}")
             self.picks = np.asarray(select_channels(source.ch_names, self.spec.channels,
@@ -103,10 +124,24 @@ class OnlineEpocher:
                               f"({self.no_data_timeout:g} s) does not fit the app's buffer of "
                               f"{source.capacity / self.sfreq:g} s of stream {source.name!r}; every epoch would be lost")
         self.max_batch, self.max_delay, self.max_pending = int(max_batch), float(max_delay), int(max_pending)
+        self.stage_ends = [float(e) for e in stages]
+        self.stage_specs = [stage_spec(self.spec, e) for e in self.stage_ends]
+        self.stage_n_in = []
+        for e, stage in zip(self.stage_ends, self.stage_specs):
+            start, n_in = stage.window(self.sfreq)
+            if start != self.start or not 0 < n_in < self.n_in:
+                raise StreamError(f"the bundle's window ending {e:g} s after the onset does not lie inside its epoch")
+            self.stage_n_in.append(n_in)
+        self._provisional: list[ProvisionalEpoch] = []
         self.pending: list[MarkerEvent] = []
         self.rejected: dict[str, int] = {r: 0 for r in REJECT_REASONS}
         self._flat_warned: set[str] = set()
         self._notes: list[str] = []
+
+    def take_provisional(self) -> list[ProvisionalEpoch]:
+        """The provisional epochs the last :meth:`poll` made (earlier stages first)."""
+        out, self._provisional = self._provisional, []
+        return out
 
     def take_notes(self) -> list[str]:
         """Messages for the user since the last call (e.g. a flat channel)."""
@@ -141,6 +176,7 @@ class OnlineEpocher:
         src = self.source
         half = 0.5 / self.sfreq
         ready: list[tuple[MarkerEvent, int]] = []
+        provisional: list[tuple[MarkerEvent, int, int]] = []
         rejected: list[tuple[MarkerEvent, str]] = []
         keep: list[MarkerEvent] = []
         latest, available, oldest = src.latest_time(), src.available, src.oldest
@@ -172,10 +208,17 @@ class OnlineEpocher:
                 rejected.append((m, "gap"))  # no need to wait for the rest of the window
             elif available >= last:
                 ready.append((m, first))
+                m.stages_done = len(self.stage_ends)  # decided now: no provisional stage left to show
             elif now - m.received > self.no_data_timeout + self.n_in / self.sfreq:
                 rejected.append((m, "no data"))
             else:
                 keep.append(m)
+                stage = m.stages_done
+                while stage < len(self.stage_ends) and available >= first + self.stage_n_in[stage]:
+                    stage += 1
+                if stage > m.stages_done:  # the latest stage complete (earlier ones now passed over)
+                    m.stages_done = stage
+                    provisional.append((m, stage - 1, first))
         if len(ready) > self.max_batch:
             # more than one batch is ready (a flood): the ones already max_delay late are
             # shed, then the newest go first, so decisions stay timely; the others wait
@@ -212,7 +255,34 @@ class OnlineEpocher:
                 out = [ReadyEpoch(m, e, t) for m, e, t in zip(good, epochs, t_ready)]
         for _, reason in rejected:
             self.rejected[reason] += 1
+        if provisional:
+            self._provisional += self._stage_epochs(provisional, now)
         return out, rejected
+
+    def _stage_epochs(self, provisional: list[tuple[MarkerEvent, int, int]], now: float) -> list[ProvisionalEpoch]:
+        """Preprocess the provisional epochs, stage by stage (earlier stages first); one that
+        cannot be read, is late, or has a problem in its window is skipped."""
+        out = []
+        for stage in sorted({k for _, k, _ in provisional}):
+            windows, t_ready, good = [], [], []
+            for m, k, first in provisional:
+                if k != stage:
+                    continue
+                try:
+                    data, _, arrival = self.source.read(first, first + self.stage_n_in[k])
+                except IndexError:
+                    continue
+                w = data[:, self.picks].T
+                if now - float(arrival[-1]) > self.max_delay or window_problem(w) is not None:
+                    continue
+                windows.append(w)
+                t_ready.append(float(arrival[-1]))
+                good.append(m)
+            if windows:
+                epochs = self.stage_specs[stage].apply(np.stack(windows), self.sfreq)
+                out += [ProvisionalEpoch(m, stage, self.stage_ends[stage], e, t)
+                        for m, e, t in zip(good, epochs, t_ready)]
+        return out
 
     def next_complete(self) -> int | None:
         """The number of available samples (``source.available``) with which the next
@@ -222,7 +292,8 @@ class OnlineEpocher:
         for m in self.pending:
             if m.onset is None:
                 return None
-            ends.append(m.onset + self.start + self.n_in)
+            n_in = self.stage_n_in[m.stages_done] if m.stages_done < len(self.stage_n_in) else self.n_in
+            ends.append(m.onset + self.start + n_in)
         return min(ends) if ends else 2**62
 
     def _waited(self, first: int, now: float) -> float:

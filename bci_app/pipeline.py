@@ -76,6 +76,8 @@ class SessionStats:
     marker_latency: list = field(default_factory=list)
     last_avg: dict = field(default_factory=dict)  # stimulus id -> (topk, n)
     stalls: int = 0
+    stages: dict = field(default_factory=dict)  # provisional window end -> [decided, scored, hits1, hits5]
+    stage_latency: dict = field(default_factory=dict)  # provisional window end -> marker-to-decision seconds
 
 
 class LiveSession:
@@ -136,7 +138,8 @@ class LiveSession:
         is raised within about half a second."""
         self.source.connect(timeout=self.timeout, cancel=cancel)
         self.epocher = OnlineEpocher(self.bundle.spec, self.source,  # checks channels, rate and buffer first
-                                     no_data_timeout=self.no_data_timeout)
+                                     no_data_timeout=self.no_data_timeout,
+                                     stages=[w["end"] for w in self.bundle.windows])
         name = self.marker_name or default_marker_stream(self.stream_name, timeout=min(self.timeout, 2.0),
                                                          cancel=cancel)
         self.markers = open_markers(name, timeout=self.timeout, cancel=cancel)
@@ -321,6 +324,7 @@ class LiveSession:
         self._check_stream(now)
         self.last_markers = self._take_markers(now)
         ready, rejected = self.epocher.poll(now)
+        provisional = self.epocher.take_provisional()
         for text in self.epocher.take_notes():
             self.note(text)
         self.last_epochs = ready  # the preprocessed epochs behind this step's results
@@ -328,11 +332,11 @@ class LiveSession:
         for m, reason in rejected:
             self._record_marker(m)
             logger.info("epoch at marker %s (t=%.3f) rejected: %s", m.label, m.t, reason)
+        out = self._provisional(provisional) if provisional else []
         if not ready:
-            return []
+            return out
         preds = self.decoder.decode(np.stack([r.epoch for r in ready]), [r.marker.stimulus_id for r in ready])
         t_decided = local_clock()
-        out = []
         for r, p in zip(ready, preds):
             m = r.marker
             self.stats.epochs += 1
@@ -343,6 +347,8 @@ class LiveSession:
                 "topk": p.topk,
                 "confidence": [round(c, 6) for c in p.confidence],
                 "calibrated": self.decoder.calibrated,
+                "window": float(self.bundle.spec.tmax),
+                "provisional": False,
                 "averaged": None if p.avg_topk is None else {
                     "topk": p.avg_topk, "confidence": [round(c, 6) for c in p.avg_confidence], "n": p.n_averaged},
                 "t_marker": m.t,
@@ -359,6 +365,33 @@ class LiveSession:
             self._record_marker(m)
             self._record(lambda recorder: recorder.add_prediction(rec))  # noqa: B023 (called now)
             out.append(rec)
+        return out
+
+    def _provisional(self, epochs: list) -> list[dict[str, Any]]:
+        """Records of provisional decisions (``--windows`` bundles), stage by stage; scored
+        per stage, but neither counted as decoded epochs nor averaged (the whole epoch is)."""
+        from mne_lsl.lsl import local_clock
+
+        out = []
+        for stage in sorted({e.stage for e in epochs}):
+            group = [e for e in epochs if e.stage == stage]
+            preds = self.decoder.decode_stage(np.stack([e.epoch for e in group]), stage)
+            t_decided = local_clock()
+            for e, p in zip(group, preds):
+                m = e.marker
+                counts = self.stats.stages.setdefault(e.end, [0, 0, 0, 0])
+                counts[0] += 1
+                if m.stimulus_id is not None:
+                    counts[1] += 1
+                    counts[2] += p.topk[0] == m.stimulus_id
+                    counts[3] += m.stimulus_id in p.topk[:5]
+                self.stats.stage_latency.setdefault(e.end, []).append(t_decided - m.t)
+                rec = {"epoch": None, "marker": json_marker(m.value), "stimulus_id": m.stimulus_id, "topk": p.topk,
+                       "confidence": [round(c, 6) for c in p.confidence], "calibrated": self.decoder.calibrated,
+                       "window": e.end, "provisional": True, "averaged": None, "t_marker": m.t, "t_ready": e.t_ready,
+                       "t_decided": t_decided}
+                self._record(lambda recorder: recorder.add_prediction(rec))  # noqa: B023 (called now)
+                out.append(rec)
         return out
 
     # -- summary ----------------------------------------------------------------------
@@ -386,6 +419,11 @@ class LiveSession:
             "averaged": {"n_stimuli": len(avg),
                          "top1": float(np.mean([t[0] == sid for sid, t in avg])) if avg else None,
                          "top5": float(np.mean([sid in t[:5] for sid, t in avg])) if avg else None},
+            # provisional decisions (--windows bundles), per window end
+            "provisional": {f"{end:g}": {"decided": c[0], "n": c[1], "top1": c[2] / c[1] if c[1] else None,
+                                         "top5": c[3] / c[1] if c[1] else None,
+                                         "marker_to_decision_latency": _percentiles(s.stage_latency.get(end, []))}
+                            for end, c in sorted(s.stages.items())},
             "decision_latency": _percentiles(s.decision_latency),
             "marker_to_decision_latency": _percentiles(s.marker_latency),
             "problems": list(self.problems),

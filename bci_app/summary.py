@@ -31,6 +31,11 @@ def format_summary(summary: dict) -> str:
         f"  averaged repetitions: top-1 {fmt_pct(av['top1'], '-')}, top-5 {fmt_pct(av['top5'], '-')} over "
         f"{av['n_stimuli']} stimuli",
     ]
+    for end, st_ in (summary.get("provisional") or {}).items():
+        lat = st_.get("marker_to_decision_latency")
+        lines.append(f"  provisional at {end} s: top-1 {fmt_pct(st_['top1'], '-')}, top-5 {fmt_pct(st_['top5'], '-')} over "
+                     f"{st_['n']} epochs with a known stimulus ({st_['decided']} decided"
+                     + (f", marker -> decision p50 {lat['p50_ms']:.0f} ms)" if lat else ")"))
     for key, name in (("decision_latency", "decision latency (ready -> decided)"),
                       ("marker_to_decision_latency", "marker -> decision")):
         lat = summary.get(key)

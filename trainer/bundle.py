@@ -5,7 +5,9 @@ A folder, no pickles anywhere::
     bundle.json            format version, encoder name and arguments, backbone, layer,
                            pooling, sizes, temperature, preprocessing spec, provenance,
                            metrics, the calibration of the confidences ("confidence",
-                           optional), and the SHA-256 of each file below ("files")
+                           optional), the fused layers ("fusion", optional), the
+                           provisional decision stages ("windows", optional), and the
+                           SHA-256 of each file below ("files")
     encoder.safetensors    brain encoder + projector ("brain.*"), image projector ("image_projector.*")
     gallery.safetensors    "embeddings" (N x D, L2-normalised) and "ids" (N, the stimulus codes)
     gallery.json           per gallery item: id, concept, source file, thumbnail
@@ -104,6 +106,14 @@ class Bundle:
     temperature: float
     image_projector_state: dict = field(default_factory=dict, repr=False)
     confidence: dict | None = None
+
+    @property
+    def windows(self) -> list[dict]:
+        """The provisional decision stages (``--windows``), earliest first: ``end`` (seconds
+        after the onset), ``n_times`` (the epoch's first samples it holds) and the calibrated
+        ``single_trial`` / ``averaged`` temperatures; [] for a bundle that decides at the
+        epoch's end only (:mod:`trainer.windows`)."""
+        return list(self.config.get("windows") or [])
 
     @property
     def layers(self) -> list:
@@ -270,6 +280,7 @@ def save_bundle(
     metrics: dict | None = None,
     confidence: dict | None = None,
     fusion: dict | None = None,
+    windows: list[dict] | None = None,
 ) -> Path:
     """Write a bundle folder from a trained :class:`trainer.model.AlignmentModel`.
 
@@ -278,7 +289,8 @@ def save_bundle(
     codes (unique int32).  ``gallery_images`` are PIL images (or callables returning one)
     for the thumbnails, or None to skip thumbnails.  ``confidence``: the calibration
     (:func:`trainer.fit.fit_confidence`), or None.  ``fusion``: for a model aligned with
-    several layers (``layer`` their list), :func:`trainer.fit.fusion_record`.  ``bundle.json`` is written last, with
+    several layers (``layer`` their list), :func:`trainer.fit.fusion_record`.  ``windows``:
+    the provisional stages of a model trained with ``--windows`` (:attr:`Bundle.windows`).  ``bundle.json`` is written last, with
     the SHA-256 of every other file.
     """
     from safetensors.torch import save_file
@@ -322,6 +334,9 @@ def save_bundle(
         config["confidence"] = _check_confidence(json.loads(json.dumps(confidence)), out / "bundle.json")
     if fusion is not None:
         config["fusion"] = dict(fusion)
+    if windows:
+        config["windows"] = json.loads(json.dumps(windows))
+        _check_windows(config["windows"], spec, out / "bundle.json")
     _check_layers(config, out / "bundle.json")
     _write_config(out, config, ["encoder.safetensors", *written])
     return out
@@ -533,6 +548,31 @@ def _image_projector(config: dict, proj_dim: int) -> torch.nn.Module:
     return image_projector(list(fusion["feature_dims"]), proj_dim, fusion["kind"])
 
 
+def _check_windows(value: Any, spec: PreprocessingSpec, cfg_path: Path) -> None:
+    """``windows``: the provisional stages, each ending inside the epoch, earliest first,
+    with as many samples as the spec gives up to its end and calibrated temperatures."""
+    from .windows import stage_samples
+
+    if not isinstance(value, list):
+        raise DataFormatError(cfg_path, "windows", f"must be a list of stages, got {type(value).__name__}")
+    lo, hi = TEMPERATURE_RANGE
+    last = spec.tmin
+    for i, w in enumerate(value):
+        where = f"windows[{i}]"
+        if not isinstance(w, dict):
+            raise DataFormatError(cfg_path, where, "must be an object")
+        end = _need(w, "end", (int, float), cfg_path, name=f"{where}.end",
+                    check=lambda v, after=last: math.isfinite(v) and after < v < spec.tmax,
+                    problem=f"must end after the stage before it and before the epoch's end ({spec.tmax:g} s)")
+        last, n = end, stage_samples(spec, end)
+        _need(w, "n_times", int, cfg_path, name=f"{where}.n_times", check=lambda v, n=n: v == n,
+              problem=f"must be {n}, the epoch's samples up to {end:g} s")
+        for cond in ("single_trial", "averaged"):
+            part = _need(w, cond, dict, cfg_path, name=f"{where}.{cond}")
+            _need(part, "temperature", (int, float), cfg_path, name=f"{where}.{cond}.temperature",
+                  check=lambda v: math.isfinite(v) and lo <= v <= hi, problem=f"must be a number in {lo:g}..{hi:g}")
+
+
 def _check_confidence(value: Any, cfg_path: Path) -> dict:
     """``confidence`` of bundle.json: a temperature (within :data:`TEMPERATURE_RANGE`) for
     ``single_trial`` and, optionally, ``averaged``; other keys describe how it was fitted."""
@@ -680,6 +720,8 @@ def load_bundle(path: str | Path) -> Bundle:
         raise DataFormatError(cfg_path, None, "must hold a JSON object")
     enc, proj_dim, feature_dim, temperature, spec = _check_config(config, cfg_path)
     confidence = _check_confidence(config["confidence"], cfg_path) if config.get("confidence") is not None else None
+    if config.get("windows") is not None:
+        _check_windows(config["windows"], spec, cfg_path)
     files = _Files(path, cfg_path, _recorded_hashes(config, cfg_path))
 
     weights_path = path / "encoder.safetensors"
@@ -795,8 +837,13 @@ def write_derived_bundle(bundle: Bundle, out: str | Path, *, brain: torch.nn.Mod
     tensors.update({f"image_projector.{k}": v.detach().cpu().contiguous() for k, v in bundle.image_projector_state.items()})
     with atomic_path(out / "encoder.safetensors") as tmp:
         save_file(tensors, str(tmp))
-    config = {k: v for k, v in bundle.config.items() if k not in ("files", "confidence")}
+    # the new brain is calibrated anew (or not at all) and decides at the epoch's end only:
+    # the base's provisional stages were learnt by the base's brain
+    config = {k: v for k, v in bundle.config.items() if k not in ("files", "confidence", "windows")}
     config.update(provenance=dict(provenance), metrics=dict(metrics))
+    if bundle.windows:
+        logger.warning("the derived bundle decides at the epoch's end only: the provisional stages (--windows) of %s "
+                       "were learnt by its own brain", bundle.path)
     if confidence is not None:
         config["confidence"] = _check_confidence(json.loads(json.dumps(confidence)), out / "bundle.json")
     _write_config(out, config, ["encoder.safetensors", *gallery])

@@ -147,6 +147,10 @@ _FIT_HELP = {
     "fusion_layers": "with --fusion: comma-separated blocks (and/or 'final') to fuse, or 'auto': the 2 and the 3 "
                      "candidate layers the ridge proxy ranks best and all candidates, each trained (validation "
                      "concepts choose)",
+    "windows": "decide before the epoch ends: comma-separated window ends in seconds after the onset (e.g. "
+               "0.3,0.5); one encoder learns them and the whole epoch (the samples after a random window end are zeroed "
+               "while it trains), the app shows a provisional prediction as each window completes; '' (default): at "
+               "the epoch's end only",
     "pooling": "token pooling: mean, cls or mean+cls (CNN stages: global average)",
     "encoder": "EEG encoder",
     "embed_dim": "encoder output size",

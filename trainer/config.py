@@ -81,6 +81,7 @@ class FitConfig:
     layer_search: str = "proxy"
     fusion: str = "none"
     fusion_layers: str = "auto"
+    windows: str = ""
     pooling: str = "mean"
     encoder: str = "eegproject"
     embed_dim: int = 1024
@@ -131,6 +132,9 @@ class FitConfig:
             if len(parts) < 2 or any(parse_layer(p) == "auto" for p in parts):
                 raise UsageError(f"{option_name('fusion_layers')} must be 'auto' or at least two comma-separated blocks "
                                  f"(and/or 'final'), got {self.fusion_layers!r}")
+        from .windows import parse_windows
+
+        parse_windows(self.windows)
         if self.fusion == "none" and self.fusion_layers != "auto":
             raise UsageError(f"{option_name('fusion_layers')} names layers to fuse: give {option_name('fusion')} "
                              "concat, weighted or auto too")

@@ -44,10 +44,11 @@ from .losses import clip_loss
 from .metrics import kway_accuracy, mean_rank, topk_accuracy
 from .model import FUSIONS, AlignmentModel, WeightedLayerFusion, embed_epochs, normalised_embedding
 from .progress import JobProgress, Progress
+from .windows import parse_windows, stage_ends, stage_masks, stage_samples
 
 __all__ = ["FitConfig", "Target", "checkpoint_dir", "default_cache_dir", "evaluate_bundle", "evaluate_retrieval",
            "feature_image_sets", "finished_run", "fit", "fit_confidence", "fusion_record", "image_features", "parse_layer",
-           "resolve_precision", "train_epoch"]
+           "evaluate_stages", "resolve_precision", "train_epoch"]
 
 logger = logging.getLogger("trainer")
 
@@ -329,7 +330,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def train_epoch(model: AlignmentModel, opt: torch.optim.Optimizer, x: torch.Tensor, features: torch.Tensor,
-                batches: list[torch.Tensor], precision: str) -> float:
+                batches: list[torch.Tensor], precision: str, masks: torch.Tensor | None = None) -> float:
     """One epoch of symmetric-InfoNCE steps, one per index tensor of ``batches`` (rows of
     ``x`` and ``features``, on their device); the mean loss per sample.
 
@@ -337,11 +338,17 @@ def train_epoch(model: AlignmentModel, opt: torch.optim.Optimizer, x: torch.Tens
     (their linear layers multiply in bfloat16; the ops between them follow autocast's rules
     for the device; the weights and the optimiser state stay float32) and the loss, with its
     softmax, is computed in float32; "fp32" runs everything in float32, as training always
-    did.  The losses stay on the device until the epoch ends: no step waits for the host."""
+    did.  The losses stay on the device until the epoch ends: no step waits for the host.
+
+    ``masks`` (n_stages, T) on the device, for ``--windows`` (:mod:`trainer.windows`): each
+    epoch of a batch is multiplied by one of them, drawn at random (torch's global generator)."""
     losses = []
     for idx in batches:
+        xb = x[idx]
+        if masks is not None:
+            xb = xb * masks[torch.randint(len(masks), (len(idx),)).to(x.device)][:, None, :]
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            brain, images = model.embed_brain(x[idx]), model.embed_images(features[idx])
+            brain, images = model.embed_brain(xb), model.embed_images(features[idx])
         loss = clip_loss(brain.float(), images.float(), model.logit_scale())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -363,9 +370,11 @@ def _train_layer(
     fingerprint: str,
     job: JobProgress,
     label: str,
+    masks: np.ndarray | None = None,
 ) -> tuple[LayerResult, AlignmentModel]:
     """Train one target's model (resuming from its checkpoint) on ``feats`` (per layer key);
-    ``job`` step ``label`` follows its epochs."""
+    ``job`` step ``label`` follows its epochs.  With ``masks`` (``--windows``) it learns every
+    stage, and the best epoch is the one of the best mean validation top-1 over the stages."""
     n_chans, n_times = data.train.shape[1:]
     enc_cfg = {"name": cfg.encoder, "n_chans": int(n_chans), "n_times": int(n_times), "embed_dim": cfg.embed_dim}
     features = target.features(feats)
@@ -405,19 +414,25 @@ def _train_layer(
     for _ in range(start):  # keep the shuffling sequence of an uninterrupted run
         torch.randperm(n, generator=gen)
     last_save = time.perf_counter()
+    mask_t = None if masks is None else torch.from_numpy(masks).to(device)
+    stage_val = [x_val] if masks is None else [x_val * m for m in masks]
     for epoch in range(start, cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
-        loss = train_epoch(model, opt, x_fit, f_fit, list(torch.tensor_split(order, n_batches)), precision)
+        loss = train_epoch(model, opt, x_fit, f_fit, list(torch.tensor_split(order, n_batches)), precision, mask_t)
         model.eval()
         with torch.inference_mode():
             gal = normalised_embedding(model.embed_images, f_val).cpu().numpy()
-        sim = embed_epochs(model.embed_brain, x_val, device=device) @ gal.T
-        val = topk_accuracy(sim, val_targets)["top1"]
+        sims = [embed_epochs(model.embed_brain, xv, device=device) @ gal.T for xv in stage_val]
+        per_stage = [topk_accuracy(sim, val_targets)["top1"] for sim in sims]
+        val = float(np.mean(per_stage))
         result.history.append({"epoch": epoch, "loss": loss, "val_top1": val,
                                "temperature": float(model.logit_scale.temperature)})
+        if masks is not None:
+            result.history[-1]["val_top1_stages"] = per_stage
         if val > result.best_val_top1:
-            result.best_val_top1, result.best_epoch, result.best_val_rank = val, epoch, mean_rank(sim, val_targets)
+            result.best_val_top1, result.best_epoch = val, epoch
+            result.best_val_rank = float(np.mean([mean_rank(sim, val_targets) for sim in sims]))
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         # checkpoint at most every CHECKPOINT_SECONDS (and after the last epoch): an
         # interruption loses little, and small runs are not slowed by writing weights each
@@ -664,6 +679,8 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     if job.fraction["features"] == 0:
         job.skip("features")  # all cached
     split = _Split.of(data, fit_rows, val_rows, device)
+    ends = stage_ends(data.spec, parse_windows(cfg.windows))  # the decision stages, the epoch's end last
+    masks = stage_masks(data.spec, ends) if len(ends) > 1 else None
     proxy: dict[str, dict] = {}
     ranked = candidates
     if (single and search == "proxy") or (kinds and cfg.fusion_layers == "auto"):
@@ -683,7 +700,7 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     extra = {"backbone": backbone.weights_id, "n_train": len(data.train), "spec": data.spec.to_dict()}
     for target, label in zip(targets, labels):
         res, model = _train_layer(cfg, target, data, feats_train, split, device, ckpts,
-                                  _fingerprint(cfg, target.key, extra), job, label)
+                                  _fingerprint(cfg, target.key, extra), job, label, masks)
         results.append(res)
         logger.info("%s (depth %s): best validation top-1 %.3f (mean rank %.3f) at epoch %d", target.key,
                     ", ".join(_depth(k, backbone.n_layers) for k in target.layers), res.best_val_top1, res.best_val_rank,
@@ -693,15 +710,20 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     chosen, model = best
     name = chosen.target.key
     job.update("bundle", 0, 1, f"calibrating the confidences of {name} on validation concepts")
-    confidence = fit_confidence(model, data, val_rows, chosen.target.features(feats_train)[split.val_images],
-                                len(data.test_images), device, seed=cfg.seed)
+    val_features = chosen.target.features(feats_train)[split.val_images]
+    confidence = fit_confidence(model, data, val_rows, val_features, len(data.test_images), device, seed=cfg.seed)
+    # the provisional stages: each its own calibration, on its own share of the validation epochs
+    windows = [{"end": end, "n_times": stage_samples(data.spec, end),
+                "confidence": fit_confidence(model, data, val_rows, val_features, len(data.test_images), device,
+                                             seed=cfg.seed, mask=mask)}
+               for end, mask in zip(ends[:-1], masks if masks is not None else [])]
     logger.info("confidence: temperature %.4g (training) -> %.4g single trials, %.4g averaged (validation ECE %.3f -> %.3f "
                 "single trials)", confidence["training_temperature"], confidence["single_trial"]["temperature"],
                 confidence["averaged"]["temperature"], confidence["single_trial"]["val_ece_before"],
                 confidence["single_trial"]["val_ece_after"])
     job.update("bundle", 0, 1, f"testing {name} and writing the bundle")
     metrics = _test_and_save(cfg, out, data, backbone, model, chosen, chosen.target.features(feats_test), device,
-                             layer_search=search, confidence=confidence)
+                             layer_search=search, confidence=confidence, windows=windows)
     by_key = {r.target.key: r for r in results}
     metrics.update({
         "n_val_concepts": int(len(np.unique(concepts[val_rows]))),
@@ -728,13 +750,14 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
 
 
 def fit_confidence(model: AlignmentModel, data: SubjectData, val_rows: np.ndarray, val_features: np.ndarray,
-                   n_way: int, device: torch.device, *, seed: int = 0) -> dict[str, Any]:
+                   n_way: int, device: torch.device, *, seed: int = 0, mask: np.ndarray | None = None) -> dict[str, Any]:
     """Calibrate the trained model's confidences on validation concepts (never the test
     images): a temperature for single trials and one for repetition-averaged epochs, each
     minimising the negative log-likelihood of the shown image among ``n_way`` validation
     images (:func:`trainer.confidence.fit_temperature`); ``val_features`` are the raw layer
     features of the validation images, ``np.unique`` of the rows' image ids in order.
 
+    ``mask`` (T,): calibrate a provisional stage (``--windows``), the epochs masked by it.
     Returns what the bundle records under ``confidence``, with the validation ECE before
     (the training temperature) and after."""
     from .confidence import calibration_record, fit_temperature, nway_subsets
@@ -745,11 +768,14 @@ def fit_confidence(model: AlignmentModel, data: SubjectData, val_rows: np.ndarra
     with torch.inference_mode():
         gallery = normalised_embedding(model.embed_images, torch.from_numpy(val_features).to(device)).cpu().numpy()
     single = data.train_single_trials(val_rows)
+    averaged = data.train[val_rows]
+    if mask is not None:
+        single, averaged = single * mask, averaged * mask
     reps = single.shape[1]
     conditions = {
         "single_trial": (embed_epochs(model.embed_brain, single.reshape(-1, *single.shape[2:]), device=device) @ gallery.T,
                          np.repeat(targets, reps)),
-        "averaged": (embed_epochs(model.embed_brain, data.train[val_rows], device=device) @ gallery.T, targets),
+        "averaged": (embed_epochs(model.embed_brain, averaged, device=device) @ gallery.T, targets),
     }
     trained = float(model.logit_scale.temperature)
     out: dict[str, Any] = {"method": "temperature", "n_way": int(n_way), "fitted_on": "validation concepts",
@@ -767,11 +793,13 @@ def fit_confidence(model: AlignmentModel, data: SubjectData, val_rows: np.ndarra
 
 def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model: AlignmentModel, chosen: LayerResult,
                    gallery_features: np.ndarray, device: torch.device, *, layer_search: str = "fixed",
-                   confidence: dict | None = None) -> dict[str, Any]:
+                   confidence: dict | None = None, windows: list[dict] | None = None) -> dict[str, Any]:
     """Evaluate the chosen model on the test set (once) and write the bundle; the test
     metrics.  ``confidence`` (:func:`fit_confidence`) goes into the bundle, and the test
     confidences are measured at the training and the calibrated temperatures
-    (``metrics["confidence"]``, ``RUN/reliability.png``)."""
+    (``metrics["confidence"]``, ``RUN/reliability.png``).  ``windows``: the provisional
+    stages (``--windows``: end, n_times, confidence), each tested too (``metrics["windows"]``,
+    the whole epoch last) and recorded in the bundle."""
     from .vision import dtype_name
 
     with torch.inference_mode():
@@ -796,6 +824,10 @@ def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model
     fusion = fusion_record(model, chosen.target)
     if fusion is not None:
         metrics["fusion"] = fusion
+    if windows:
+        metrics["windows"] = evaluate_stages(model.embed_brain, data.test, gallery, targets, data.spec, [
+            (w["end"], {cond: {"before": float(model.logit_scale.temperature), "after": w["confidence"][cond]["temperature"]}
+                        for cond in ("single_trial", "averaged")}) for w in windows], device=device) + [_stage_of(metrics, data.spec)]
     test_images = data.test_images
     save_bundle(
         out,
@@ -819,8 +851,30 @@ def _test_and_save(cfg: FitConfig, out: Path, data: SubjectData, backbone, model
                  if k in metrics},
         confidence=confidence,
         fusion=fusion,
+        windows=[{"end": w["end"], "n_times": w["n_times"],
+                  **{cond: {"temperature": w["confidence"][cond]["temperature"]} for cond in ("single_trial", "averaged")}}
+                 for w in windows or []] or None,
     )
     return metrics
+
+
+def evaluate_stages(embed, test: np.ndarray, gallery: np.ndarray, targets: np.ndarray, spec, stages: list[tuple],
+                    *, device: torch.device | str) -> list[dict[str, Any]]:
+    """Test figures of the provisional stages ``stages`` [(end, temperatures)] (``--windows``):
+    :func:`evaluate_retrieval` on the test epochs up to each end (the rest zeroed)."""
+    out = []
+    for end, temperatures in stages:
+        mask = stage_masks(spec, [end])[0]
+        m = evaluate_retrieval(embed, test * mask, gallery, targets, device=device, temperatures=temperatures)
+        out.append({"end": end, "n_times": stage_samples(spec, end), "averaged": m["averaged"],
+                    "single_trial": m["single_trial"], "confidence": m.get("confidence")})
+    return out
+
+
+def _stage_of(metrics: dict, spec) -> dict[str, Any]:
+    """The whole epoch as the last stage of ``metrics["windows"]``."""
+    return {"end": float(spec.tmax), "n_times": spec.n_times, "averaged": metrics["averaged"],
+            "single_trial": metrics["single_trial"], "confidence": metrics.get("confidence")}
 
 
 def evaluate_bundle(bundle_path: str | Path, data: str | Path, subject: int, *, source: str = "auto",
@@ -848,5 +902,9 @@ def evaluate_bundle(bundle_path: str | Path, data: str | Path, subject: int, *, 
         temperatures = {cond: {"before": bundle.temperature, "after": bundle.confidence_temperature(cond)}
                         for cond in ("single_trial", "averaged")}
     metrics = evaluate_retrieval(brain, test, bundle.gallery, targets, device=dev, temperatures=temperatures)
+    if bundle.windows:
+        metrics["windows"] = evaluate_stages(brain, test, bundle.gallery, targets, bundle.spec, [
+            (w["end"], {cond: {"before": bundle.temperature, "after": w[cond]["temperature"]} for cond in ("single_trial", "averaged")})
+            for w in bundle.windows], device=dev) + [_stage_of(metrics, bundle.spec)]
     metrics.update({"subject": subject, "bundle": str(bundle.path), "layer": bundle.config["layer"]})
     return metrics

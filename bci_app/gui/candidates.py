@@ -246,11 +246,18 @@ class CandidateView(QWidget):
             self.truth.clear()
             self.truth_note.setText(f"marker {record.get('marker')}: not in the gallery")
         calibrated = record.get("calibrated")
-        self.row_titles["single"].setText("single trial" + ("" if calibrated is None else " · calibrated confidence" if calibrated
-                                                            else " · confidence not calibrated (the bundle has no calibration)"))
+        window = record.get("window")
+        stage = "" if window is None else f" · {'provisional, ' if record.get('provisional') else ''}first {window:g} s"
+        self.row_titles["single"].setText("single trial" + stage + (
+            "" if calibrated is None else " · calibrated confidence" if calibrated
+            else " · confidence not calibrated (the bundle has no calibration)"))
         self._fill("single", record.get("topk") or [], record.get("confidence") or [], truth)
         avg = record.get("averaged")
-        if avg:
+        if record.get("provisional"):
+            self.row_titles["averaged"].setText("averaged repetitions (when the whole epoch is in)")
+            for card in self.rows["averaged"]:
+                card.clear()
+        elif avg:
             self.row_titles["averaged"].setText(f"averaged repetitions (n = {avg.get('n')})")
             self._fill("averaged", avg.get("topk") or [], avg.get("confidence") or [], truth)
         else:

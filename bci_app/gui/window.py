@@ -511,7 +511,7 @@ class MainWindow(QMainWindow):
                   f"markers {info['markers']!r} on {info['device']}")
 
     def _on_decoded(self, records: list) -> None:
-        self.epochs += len(records)
+        self.epochs += sum(not r.get("provisional") for r in records)  # a provisional decision is no decoded epoch
         self.candidates.show_record(records[-1])
         self.figures.show_last(records[-1])
         self.epochs_decoded.emit(self.epochs)

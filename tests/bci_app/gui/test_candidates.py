@@ -84,3 +84,29 @@ def test_unknown_stimulus_top_k_and_missing_thumbnails(qtbot, bundle):
     assert not any(c.hit for c in single)
     assert single[1].image.pixmap().isNull() and "no image" in single[1].image.text()
     assert all(c.stimulus_id is None for c in view.rows["averaged"])
+
+
+def test_a_provisional_decision_is_labelled_with_its_window_then_refined(qtbot, bundle, tmp_path):
+    """A --windows bundle: the 0.3 s decision shows first, labelled provisional, and the
+    averaged row waits for the whole epoch; the whole epoch's decision replaces it. Whether
+    the confidences are calibrated is said in the title."""
+    from bci_app.gui.candidates import CandidateView, Gallery
+
+    view = CandidateView(top_k=5)
+    qtbot.addWidget(view)
+    view.set_gallery(Gallery.from_bundle(bundle))
+    ids = [int(i) for i in bundle.gallery_ids]
+    view.show_record({"marker": ids[2], "stimulus_id": ids[2], "topk": ids[:5], "confidence": [0.3, 0.2, 0.1, 0.1, 0.1],
+                      "calibrated": True, "window": 0.3, "provisional": True, "averaged": None})
+    title = view.row_titles["single"].text()
+    assert "provisional" in title and "0.3 s" in title and "calibrated confidence" in title
+    assert "whole epoch" in view.row_titles["averaged"].text()
+    assert all(c.stimulus_id is None for c in view.rows["averaged"])
+    view.grab().save(str(tmp_path / "provisional.png"))
+    view.show_record({"marker": ids[2], "stimulus_id": ids[2], "topk": ids[2:7], "confidence": [0.5, 0.2, 0.1, 0.1, 0.1],
+                      "calibrated": False, "window": 1.0, "provisional": False,
+                      "averaged": {"topk": ids[2:7], "confidence": [0.6, 0.1, 0.1, 0.1, 0.1], "n": 2}})
+    title = view.row_titles["single"].text()
+    assert "provisional" not in title and "1 s" in title and "not calibrated" in title
+    assert [c.stimulus_id for c in view.rows["single"][:5]] == ids[2:7] and view.rows["single"][0].hit
+    assert "n = 2" in view.row_titles["averaged"].text()
