@@ -513,6 +513,14 @@ def _print_metrics(m: dict, header: str) -> None:
     print(f"  single trials:           top-1 {m['single_trial']['top1']:.3f}  top-5 {m['single_trial']['top5']:.3f}")
     if m.get("kway"):
         print("  k-way top-1 (averaged): " + ", ".join(f"{k}-way {v:.3f}" for k, v in m["kway"].items()))
+    for cond, name in (("single_trial", "single trials"), ("averaged", "averaged")):
+        c = (m.get("confidence") or {}).get(cond)
+        if c:
+            print(f"  confidence, {name}: expected calibration error {c['before']['ece']:.3f} at the training temperature, "
+                  f"{c['after']['ece']:.3f} calibrated (mean confidence {c['after']['mean_confidence']:.3f}, "
+                  f"top-1 {c['after']['top1']:.3f})")
+    for w in m.get("windows") or []:
+        print(f"  first {w['end']:g} s: top-1 averaged {w['averaged']['top1']:.3f}, single trials {w['single_trial']['top1']:.3f}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

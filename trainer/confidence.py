@@ -30,8 +30,10 @@ __all__ = ["N_BINS", "Reliability", "calibration_record", "expected_calibration_
 
 #: equal-width confidence bins of the expected calibration error and the diagram
 N_BINS = 15
-#: random galleries drawn per validation query when the validation gallery is larger than the app's
+#: random galleries drawn per validation query when the validation gallery is larger than
+#: the app's: up to N_DRAWS, fewer for many queries (at most about MAX_ROWS rows in all)
 N_DRAWS = 20
+MAX_ROWS = 20_000
 
 
 def softmax_top1(similarity: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
@@ -42,14 +44,17 @@ def softmax_top1(similarity: np.ndarray, temperature: float) -> tuple[np.ndarray
     return np.exp(top - norm), logits.argmax(axis=1)
 
 
-def nway_subsets(similarity: np.ndarray, targets: np.ndarray, n_way: int, *, draws: int = N_DRAWS,
+def nway_subsets(similarity: np.ndarray, targets: np.ndarray, n_way: int, *, draws: int | None = None,
                  seed: int = 0) -> np.ndarray:
     """Rows of ``n_way`` similarities, the target's first: each query against its target and
-    ``n_way - 1`` others drawn at random (``draws`` times); all candidates, target first,
-    when there are no more than ``n_way``."""
+    ``n_way - 1`` others drawn at random (``draws`` times; by default :data:`N_DRAWS`, fewer
+    when there are many queries); all candidates, target first, when there are no more than
+    ``n_way``."""
     sim = np.asarray(similarity, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
     n_q, n_c = sim.shape
+    if draws is None:
+        draws = min(N_DRAWS, max(1, math.ceil(MAX_ROWS / max(n_q, 1))))
     rows = np.arange(n_q)
     if n_c <= n_way:
         keep = np.ones(sim.shape, dtype=bool)

@@ -117,7 +117,7 @@ def test_fit_trains_with_the_precision_it_is_given(tiny_dataset, tmp_path, monke
     used = []
 
     def recording_epoch(*args):
-        used.append(args[-1])
+        used.append(args[5])  # (model, opt, x, features, batches, precision, masks)
         return train_epoch(*args)
 
     monkeypatch.setattr(fit_module, "train_epoch", recording_epoch)
