@@ -89,6 +89,22 @@ def test_adapt_writes_a_bundle_that_loads_with_the_base_gallery(tiny_bundle, tin
         assert changed
     for k, v in new.image_projector_state.items():
         np.testing.assert_array_equal(v.numpy(), base.image_projector_state[k].numpy())
+    # the adapted brain's confidences are calibrated anew, on the held-out concepts' trials
+    assert new.confidence["fitted_on"] == "held-out calibration concepts" and "averaged" not in new.confidence
+    assert new.confidence["n_way"] == len(base.gallery_ids) and new.confidence["single_trial"]["n_trials"] == s["n_val"]
+    assert new.confidence == s["confidence"]
+    assert new.confidence_temperature("averaged") == new.confidence_temperature("single_trial") != new.temperature
+
+
+def test_an_adapted_windows_bundle_decides_at_the_epoch_end_only(windows_bundle, tiny_dataset, calibration, tmp_path,
+                                                                  caplog):
+    from trainer.adapt import adapt_bundle
+    from trainer.bundle import load_bundle
+
+    assert load_bundle(windows_bundle).windows
+    adapt_bundle(windows_bundle, [calibration["folder"]], tiny_dataset, tmp_path / "adapted", **FAST)
+    assert load_bundle(tmp_path / "adapted").windows == []
+    assert "decides at the epoch's end only" in caplog.text
 
 
 def test_adapt_never_reads_test_images_or_test_epochs(tiny_bundle, tiny_dataset, calibration, tmp_path):
