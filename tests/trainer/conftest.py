@@ -16,3 +16,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def edited_bundle(tmp_path):
+    """edited_bundle(bundle, edit): a copy of the bundle folder whose bundle.json ``edit``
+    (a function of the parsed JSON) has changed (its SHA-256s cover the other files only)."""
+    import json
+    import shutil
+
+    def make(bundle, edit):
+        out = tmp_path / f"edited-{len(list(tmp_path.glob('edited-*')))}"
+        shutil.copytree(bundle, out)
+        config = json.loads((out / "bundle.json").read_text())
+        edit(config)
+        (out / "bundle.json").write_text(json.dumps(config))
+        return out
+
+    return make

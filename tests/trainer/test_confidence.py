@@ -1,7 +1,6 @@
 """Calibrated confidence (trainer.confidence): the temperature fit, the calibration error,
 and what a bundle carries of it."""
 
-import json
 import math
 
 import numpy as np
@@ -90,27 +89,14 @@ def test_reliability_plot_is_written(tmp_path):
 # -- in a bundle ------------------------------------------------------------------------------
 
 
-def _rewrite(bundle_dir, edit):
-    """Edit bundle.json and re-record nothing: the hashes cover the other files only."""
-    path = bundle_dir / "bundle.json"
-    config = json.loads(path.read_text())
-    edit(config)
-    path.write_text(json.dumps(config))
-
-
-def test_a_bundle_without_calibration_still_loads_and_decodes_at_its_training_temperature(tiny_bundle, tmp_path):
-    import shutil
-
+def test_a_bundle_without_calibration_still_loads_and_decodes_at_its_training_temperature(tiny_bundle, edited_bundle):
     from bci_app.decoder import Decoder
     from trainer.bundle import load_bundle
 
     calibrated = load_bundle(tiny_bundle)
     assert calibrated.confidence is not None and calibrated.confidence["method"] == "temperature"
     assert calibrated.confidence_temperature("single_trial") != calibrated.temperature
-    old = tmp_path / "old"
-    shutil.copytree(tiny_bundle, old)
-    _rewrite(old, lambda c: c.pop("confidence"))
-    bundle = load_bundle(old)
+    bundle = load_bundle(edited_bundle(tiny_bundle, lambda c: c.pop("confidence")))
     assert bundle.confidence is None
     assert bundle.confidence_temperature("single_trial") == bundle.confidence_temperature("averaged") == bundle.temperature
     decoder = Decoder(bundle, device="cpu", top_k=3)
@@ -149,15 +135,10 @@ def test_the_decoder_shows_calibrated_confidences(tiny_bundle):
     (lambda c: c["confidence"].pop("single_trial"), "confidence.single_trial"),
     (lambda c: c.update(confidence=[0.1]), "confidence"),
 ])
-def test_a_bad_calibration_is_refused_by_name(tiny_bundle, tmp_path, edit, field):
-    import shutil
-
+def test_a_bad_calibration_is_refused_by_name(tiny_bundle, edited_bundle, edit, field):
     from trainer.bundle import load_bundle
     from trainer.errors import DataFormatError
 
-    bad = tmp_path / "bad"
-    shutil.copytree(tiny_bundle, bad)
-    _rewrite(bad, edit)
     with pytest.raises(DataFormatError) as err:
-        load_bundle(bad)
+        load_bundle(edited_bundle(tiny_bundle, edit))
     assert field in str(err.value)

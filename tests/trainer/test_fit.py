@@ -359,22 +359,6 @@ def test_retarget_refuses_other_weights(tiny_run, tiny_dataset, tmp_path):
         retarget_bundle(bad, tmp_path / "out", images)
 
 
-def test_folded_feature_standardisation_gives_the_same_embeddings():
-    from trainer.model import AlignmentModel
-
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    model = AlignmentModel({"name": "linear", "n_chans": 3, "n_times": 5, "embed_dim": 8}, feature_dim=6, proj_dim=4)
-    feats = torch.rand(10, 6) * 5 + 3
-    mean, std = feats.mean(0), feats.std(0)
-    with torch.no_grad():
-        expected = model.embed_images((feats - mean) / std)
-        model.fold_feature_standardisation(mean, std)
-        got = model.embed_images(feats)
-    assert torch.allclose(got, expected, atol=1e-5)
-    assert not torch.allclose(model.embed_images(feats), model.embed_images(feats + 1.0))
-
-
 def test_train_subjects_all_trains_on_every_subject(tiny_dataset):
     """--train-subjects all: the base bundle for new people trains on every subject; a
     list trains on those; bad values and --inter with it are refused."""
