@@ -340,21 +340,7 @@ class LiveSession:
         for r, p in zip(ready, preds):
             m = r.marker
             self.stats.epochs += 1
-            rec = {
-                "epoch": self.stats.epochs,
-                "marker": json_marker(m.value),
-                "stimulus_id": m.stimulus_id,
-                "topk": p.topk,
-                "confidence": [round(c, 6) for c in p.confidence],
-                "calibrated": self.decoder.calibrated,
-                "window": float(self.bundle.spec.tmax),
-                "provisional": False,
-                "averaged": None if p.avg_topk is None else {
-                    "topk": p.avg_topk, "confidence": [round(c, 6) for c in p.avg_confidence], "n": p.n_averaged},
-                "t_marker": m.t,
-                "t_ready": r.t_ready,
-                "t_decided": t_decided,
-            }
+            rec = self._line(m, p, self.stats.epochs, float(self.bundle.spec.tmax), r.t_ready, t_decided)
             if m.stimulus_id is not None:
                 self.stats.scored += 1
                 self.stats.hits1 += p.topk[0] == m.stimulus_id
@@ -366,6 +352,25 @@ class LiveSession:
             self._record(lambda recorder: recorder.add_prediction(rec))  # noqa: B023 (called now)
             out.append(rec)
         return out
+
+    def _line(self, m: MarkerEvent, p, epoch: int | None, window: float, t_ready: float, t_decided: float) -> dict[str, Any]:
+        """The JSON line of a decision: of a whole epoch (its count ``epoch``), or provisional
+        (``epoch`` None) on the epoch's first ``window`` seconds."""
+        return {
+            "epoch": epoch,
+            "marker": json_marker(m.value),
+            "stimulus_id": m.stimulus_id,
+            "topk": p.topk,
+            "confidence": [round(c, 6) for c in p.confidence],
+            "calibrated": self.decoder.calibrated,
+            "window": window,
+            "provisional": epoch is None,
+            "averaged": None if p.avg_topk is None else {
+                "topk": p.avg_topk, "confidence": [round(c, 6) for c in p.avg_confidence], "n": p.n_averaged},
+            "t_marker": m.t,
+            "t_ready": t_ready,
+            "t_decided": t_decided,
+        }
 
     def _provisional(self, epochs: list) -> list[dict[str, Any]]:
         """Records of provisional decisions (``--windows`` bundles), stage by stage; scored
@@ -386,10 +391,7 @@ class LiveSession:
                     counts[2] += p.topk[0] == m.stimulus_id
                     counts[3] += m.stimulus_id in p.topk[:5]
                 self.stats.stage_latency.setdefault(e.end, []).append(t_decided - m.t)
-                rec = {"epoch": None, "marker": json_marker(m.value), "stimulus_id": m.stimulus_id, "topk": p.topk,
-                       "confidence": [round(c, 6) for c in p.confidence], "calibrated": self.decoder.calibrated,
-                       "window": e.end, "provisional": True, "averaged": None, "t_marker": m.t, "t_ready": e.t_ready,
-                       "t_decided": t_decided}
+                rec = self._line(m, p, None, e.end, e.t_ready, t_decided)
                 self._record(lambda recorder: recorder.add_prediction(rec))  # noqa: B023 (called now)
                 out.append(rec)
         return out

@@ -450,20 +450,16 @@ def _recalibrate(bundle, brain, x_val: np.ndarray, val_targets: np.ndarray, gal_
     """The adapted brain's single-trial confidence temperature, fitted on the held-out
     calibration concepts' trials for a gallery of the bundle's size
     (:func:`trainer.confidence.fit_temperature`); the new bundle's ``confidence``."""
-    from .confidence import calibration_record, fit_temperature, nway_subsets
+    from .confidence import calibrate
     from .model import embed_epochs
 
     sim = embed_epochs(brain, x_val, device="cpu") @ gal_val.cpu().numpy().T
     n_way = len(bundle.gallery_ids)
-    temperature = fit_temperature(sim, val_targets, n_way, seed=seed)
-    rows = nway_subsets(sim, val_targets, n_way, seed=seed)
-    rec = calibration_record(rows, np.zeros(len(rows), np.int64), {"before": bundle.temperature, "after": temperature})
+    single = calibrate(sim, val_targets, n_way, bundle.temperature, seed=seed)
     logger.info("confidence: temperature %.4g (training) -> %.4g for single trials (ECE on the held-out concepts "
-                "%.3f -> %.3f)", bundle.temperature, temperature, rec["before"]["ece"], rec["after"]["ece"])
+                "%.3f -> %.3f)", bundle.temperature, single["temperature"], single["val_ece_before"], single["val_ece_after"])
     return {"method": "temperature", "n_way": n_way, "fitted_on": "held-out calibration concepts",
-            "n_val_images": int(len(gal_val)), "training_temperature": float(bundle.temperature),
-            "single_trial": {"temperature": temperature, "n_trials": int(len(x_val)), "val_ece_before": rec["before"]["ece"],
-                             "val_ece_after": rec["after"]["ece"]}}
+            "n_val_images": int(len(gal_val)), "training_temperature": float(bundle.temperature), "single_trial": single}
 
 
 def _image_targets(bundle, images: list[ImageRef], *, weights: str | None, device, cache: Path,

@@ -290,8 +290,8 @@ def save_bundle(
     for the thumbnails, or None to skip thumbnails.  ``confidence``: the calibration
     (:func:`trainer.fit.fit_confidence`), or None.  ``fusion``: for a model aligned with
     several layers (``layer`` their list), :func:`trainer.fit.fusion_record`.  ``windows``:
-    the provisional stages of a model trained with ``--windows`` (:attr:`Bundle.windows`).  ``bundle.json`` is written last, with
-    the SHA-256 of every other file.
+    the provisional stages of a model trained with ``--windows`` (:attr:`Bundle.windows`).
+    ``bundle.json`` is written last, with the SHA-256 of every other file.
     """
     from safetensors.torch import save_file
 

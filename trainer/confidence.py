@@ -25,7 +25,7 @@ import numpy as np
 
 from .config import MAX_TEMPERATURE, MIN_TEMPERATURE
 
-__all__ = ["N_BINS", "Reliability", "calibration_record", "expected_calibration_error", "fit_temperature",
+__all__ = ["N_BINS", "Reliability", "calibrate", "calibration_record", "expected_calibration_error", "fit_temperature",
            "nway_subsets", "reliability", "reliability_plot", "softmax_top1"]
 
 #: equal-width confidence bins of the expected calibration error and the diagram
@@ -83,16 +83,34 @@ def fit_temperature(similarity: np.ndarray, targets: np.ndarray, n_way: int, *, 
 
     The likelihood is convex in 1 / temperature, so a bounded scalar search over its log finds
     the optimum; a ValueError when there is no query."""
-    from scipy.optimize import minimize_scalar
-
     sim = np.asarray(similarity, dtype=np.float64)
     if sim.ndim != 2 or len(sim) == 0 or sim.shape[1] < 2:
         raise ValueError(f"fit_temperature needs (n_queries >= 1, n_candidates >= 2) similarities, got {sim.shape}")
-    rows = nway_subsets(sim, targets, n_way, seed=seed)
+    return _fit_rows(nway_subsets(sim, targets, n_way, seed=seed))
+
+
+def _fit_rows(rows: np.ndarray) -> float:
+    """The temperature minimising the NLL of column 0 of ``rows`` (:func:`nway_subsets`)."""
+    from scipy.optimize import minimize_scalar
+
     lo, hi = math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
     res = minimize_scalar(lambda lt: _nll(rows, math.exp(lt)), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-4})
     return float(min(max(math.exp(res.x), MIN_TEMPERATURE), MAX_TEMPERATURE))
+
+
+def calibrate(similarity: np.ndarray, targets: np.ndarray, n_way: int, trained: float, *, seed: int = 0) -> dict:
+    """:func:`fit_temperature` on validation queries, and the expected calibration error
+    among the same ``n_way``-image galleries at the ``trained`` temperature and at the
+    fitted one: ``{"temperature", "n_trials", "val_ece_before", "val_ece_after"}``."""
+    sim = np.asarray(similarity, dtype=np.float64)
+    if sim.ndim != 2 or len(sim) == 0 or sim.shape[1] < 2:
+        raise ValueError(f"calibrate needs (n_queries >= 1, n_candidates >= 2) similarities, got {sim.shape}")
+    rows = nway_subsets(sim, targets, n_way, seed=seed)
+    temperature = _fit_rows(rows)
+    rec = calibration_record(rows, np.zeros(len(rows), np.int64), {"before": trained, "after": temperature})
+    return {"temperature": temperature, "n_trials": int(len(sim)), "val_ece_before": rec["before"]["ece"],
+            "val_ece_after": rec["after"]["ece"]}
 
 
 @dataclass

@@ -39,7 +39,7 @@ from .data.splits import validation_split
 from .datasets import SubjectData, load_fit_data
 from .errors import UsageError
 from .files import atomic_path, atomic_write_text
-from .layer_search import ridge_layer_scores
+from .layer_search import rank_layers, ridge_layer_scores
 from .losses import clip_loss
 from .metrics import kway_accuracy, mean_rank, topk_accuracy
 from .model import FUSIONS, AlignmentModel, WeightedLayerFusion, embed_epochs, normalised_embedding
@@ -698,7 +698,7 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
         proxy = {s.layer: s.to_dict() for s in scores}
         for s in scores:
             logger.info("%s: ridge proxy mean rank %.3f, top-1 %.3f (alpha %g)", s.layer, s.mean_rank, s.top1, s.alpha)
-        ranked = [candidates[keys.index(s.layer)] for s in sorted(scores, key=lambda s: -s.mean_rank)]  # stable: first of equals
+        ranked = [candidates[keys.index(key)] for key in rank_layers(scores)]
     targets = ([Target((ranked[0],))] if search == "proxy" else [Target((layer,)) for layer in candidates]) if single else []
     fused_sets = _fusion_sets(cfg, candidates, backbone.n_layers, ranked) if kinds else []
     targets += [Target(tuple(layers), kind) for kind in kinds for layers in fused_sets]
@@ -768,7 +768,7 @@ def fit_confidence(model: AlignmentModel, data: SubjectData, val_rows: np.ndarra
     ``mask`` (T,): calibrate a provisional stage (``--windows``), the epochs masked by it.
     Returns what the bundle records under ``confidence``, with the validation ECE before
     (the training temperature) and after."""
-    from .confidence import calibration_record, fit_temperature, nway_subsets
+    from .confidence import calibrate
 
     val_images, targets = np.unique(data.train_image_ids[val_rows], return_inverse=True)
     if len(val_features) != len(val_images):
@@ -789,12 +789,7 @@ def fit_confidence(model: AlignmentModel, data: SubjectData, val_rows: np.ndarra
     out: dict[str, Any] = {"method": "temperature", "n_way": int(n_way), "fitted_on": "validation concepts",
                            "n_val_images": int(len(val_images)), "training_temperature": trained}
     for cond, (sim, tg) in conditions.items():
-        temperature = fit_temperature(sim, tg, n_way, seed=seed)
-        # the validation ECE among n_way-image galleries (those the temperature was fitted on)
-        rows = nway_subsets(sim, tg, n_way, seed=seed)
-        rec = calibration_record(rows, np.zeros(len(rows), np.int64), {"before": trained, "after": temperature})
-        out[cond] = {"temperature": temperature, "n_trials": int(len(sim)),
-                     "val_ece_before": rec["before"]["ece"], "val_ece_after": rec["after"]["ece"]}
+        out[cond] = calibrate(sim, tg, n_way, trained, seed=seed)
     out["averaged"]["n_repetitions"] = int(reps)
     return out
 

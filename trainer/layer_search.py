@@ -39,7 +39,7 @@ import numpy as np
 
 from .metrics import mean_rank
 
-__all__ = ["ALPHAS", "LayerScore", "RidgeBasis", "choose_layer", "ridge_layer_scores"]
+__all__ = ["ALPHAS", "LayerScore", "RidgeBasis", "choose_layer", "rank_layers", "ridge_layer_scores"]
 
 #: ridge penalties, relative to the mean eigenvalue of the EEG Gram matrix (so the grid
 #: does not depend on the scale or the number of rows of the EEG)
@@ -166,13 +166,14 @@ def ridge_layer_scores(
     return scores
 
 
-def choose_layer(scores: list[LayerScore]) -> str:
-    """The key of the layer with the largest proxy score (the first of equals, as the full
+def rank_layers(scores: list[LayerScore]) -> list[str]:
+    """The layer keys, best proxy score first (equals in their given order, as the full
     search keeps the first of equal validation top-1s)."""
+    return [s.layer for s in sorted(scores, key=lambda s: -s.mean_rank)]
+
+
+def choose_layer(scores: list[LayerScore]) -> str:
+    """The key of the layer with the largest proxy score (the first of equals)."""
     if not scores:
         raise ValueError("no layer scores to choose from")
-    best = scores[0]
-    for s in scores[1:]:
-        if s.mean_rank > best.mean_rank:
-            best = s
-    return best.layer
+    return rank_layers(scores)[0]
