@@ -65,7 +65,7 @@ class MarkerEvent:
 class ReadyEpoch:
     marker: MarkerEvent
     epoch: np.ndarray  # (C, T) float32, preprocessed
-    t_ready: float  # local LSL time the epoch's last sample arrived
+    t_ready: float  # local LSL time the epoch's last sample arrived (or was released after a gap's check)
 
 
 @dataclass
@@ -233,11 +233,12 @@ class OnlineEpocher:
             windows, t_ready, good = [], [], []
             for m, first in ready:
                 try:
-                    data, _, arrival = src.read(first, first + self.n_in)
+                    data, _, _ = src.read(first, first + self.n_in)
+                    since = src.available_since(first + self.n_in - 1)
                 except IndexError:
                     rejected.append((m, "overrun"))
                     continue
-                if now - float(arrival[-1]) > self.max_delay:
+                if now - since > self.max_delay:
                     rejected.append((m, "overload"))
                     continue
                 w = data[:, self.picks].T
@@ -248,7 +249,7 @@ class OnlineEpocher:
                     rejected.append((m, problem))
                     continue
                 windows.append(w)
-                t_ready.append(float(arrival[-1]))
+                t_ready.append(since)
                 good.append(m)
             if windows:
                 epochs = self.spec.apply(np.stack(windows), self.sfreq)
@@ -269,14 +270,15 @@ class OnlineEpocher:
                 if k != stage:
                     continue
                 try:
-                    data, _, arrival = self.source.read(first, first + self.stage_n_in[k])
+                    data, _, _ = self.source.read(first, first + self.stage_n_in[k])
+                    since = self.source.available_since(first + self.stage_n_in[k] - 1)
                 except IndexError:
                     continue
                 w = data[:, self.picks].T
-                if now - float(arrival[-1]) > self.max_delay or window_problem(w) is not None:
+                if now - since > self.max_delay or window_problem(w) is not None:
                     continue
                 windows.append(w)
-                t_ready.append(float(arrival[-1]))
+                t_ready.append(since)
                 good.append(m)
             if windows:
                 epochs = self.stage_specs[stage].apply(np.stack(windows), self.sfreq)
@@ -297,10 +299,10 @@ class OnlineEpocher:
         return min(ends) if ends else 2**62
 
     def _waited(self, first: int, now: float) -> float:
-        """Seconds since the window from sample ``first`` was complete (-inf when it has
-        left the buffer meanwhile: reading it says ``overrun``)."""
+        """Seconds since the window from sample ``first`` was complete and available (-inf
+        when it has left the buffer meanwhile: reading it says ``overrun``)."""
         try:
-            return now - self.source.arrival(first + self.n_in - 1)
+            return now - self.source.available_since(first + self.n_in - 1)
         except IndexError:
             return -math.inf
 

@@ -73,6 +73,8 @@ class SessionStats:
     hits5: int = 0
     scored: int = 0
     decision_latency: list = field(default_factory=list)
+    decision_wait: list = field(default_factory=list)  # per epoch: window complete -> taken up (shed beyond max_delay)
+    decision_compute: list = field(default_factory=list)  # per batch: taken up -> decided (preprocessing and model)
     marker_latency: list = field(default_factory=list)
     last_avg: dict = field(default_factory=dict)  # stimulus id -> (topk, n)
     stalls: int = 0
@@ -337,6 +339,7 @@ class LiveSession:
             return out
         preds = self.decoder.decode(np.stack([r.epoch for r in ready]), [r.marker.stimulus_id for r in ready])
         t_decided = local_clock()
+        self.stats.decision_compute.append(t_decided - now)
         for r, p in zip(ready, preds):
             m = r.marker
             self.stats.epochs += 1
@@ -347,6 +350,7 @@ class LiveSession:
                 self.stats.hits5 += m.stimulus_id in p.topk[:5]
                 self.stats.last_avg[m.stimulus_id] = p.avg_topk
             self.stats.decision_latency.append(t_decided - r.t_ready)
+            self.stats.decision_wait.append(now - r.t_ready)
             self.stats.marker_latency.append(t_decided - m.t)
             self._record_marker(m)
             self._record(lambda recorder: recorder.add_prediction(rec))  # noqa: B023 (called now)
@@ -427,6 +431,10 @@ class LiveSession:
                                          "marker_to_decision_latency": _percentiles(s.stage_latency.get(end, []))}
                             for end, c in sorted(s.stages.items())},
             "decision_latency": _percentiles(s.decision_latency),
+            # its two parts: waiting to be taken up (at most the epocher's max_delay: older
+            # epochs are shed), and the step's preprocessing and model, per batch
+            "decision_wait": _percentiles(s.decision_wait),
+            "decision_compute": _percentiles(s.decision_compute),
             "marker_to_decision_latency": _percentiles(s.marker_latency),
             "problems": list(self.problems),
         }

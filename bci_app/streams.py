@@ -206,6 +206,7 @@ class EEGSource:
         self._check_wanted = False
         self._changed: str | None = None  # why the stream is not the one connected to any more
         self._check_failures = 0
+        self._releases: list[tuple[int, int, float]] = []  # (start, stop, local time): held back, then released
 
     # -- connection -------------------------------------------------------------------
     def open_buffer(self, ch_names: list[str], sfreq: float) -> None:
@@ -417,6 +418,21 @@ class EEGSource:
             pos = ring_positions(start, stop, len(self._ts))
             return self._data[pos], self._ts[pos].copy(), self._arrival[pos].copy()
 
+    def available_since(self, index: int) -> float:
+        """The local time sample ``index`` became available to readers: when it arrived, or,
+        when it was held back after a gap, when the check of the stream released it.  What
+        the epocher measures an epoch's wait from: a check that takes long does not make
+        the epochs it held back look overdue.  Raises IndexError when the sample is not (or
+        no longer) in the buffer."""
+        with self._lock:
+            if not self._oldest() <= index < self.n_total:
+                raise IndexError(f"sample {index} not in the buffer ({self._oldest()}:{self.n_total})")
+            t = float(self._arrival[ring_positions(index, index + 1, len(self._ts))[0]])
+            for start, stop, when in reversed(self._releases):
+                if start <= index < stop:
+                    return max(t, when)
+            return t
+
     def arrival(self, index: int) -> float:
         """The local time sample ``index`` arrived.  Raises IndexError when it is not (or no
         longer) in the buffer."""
@@ -511,7 +527,7 @@ class EEGSource:
             if self._changed is None and self._verified is not None:
                 logger.warning("stream %r: the %d samples after the last gap could not be checked against the "
                                "stream before the end; they are kept", self.name, self.n_total - self._verified)
-                self._verified = None
+                self._release()
             self._settled = self.n_total
 
     def raise_if_changed(self) -> None:
@@ -554,7 +570,18 @@ class EEGSource:
                                "it are used as they come", self.name)
             self._check_failures = 0
             if not self._check_wanted:  # no other gap came meanwhile
-                self._verified = None
+                self._release()
+
+    def _release(self, when: float | None = None) -> None:
+        """The samples held back since the last gap become available now (or at local time
+        ``when``); called with the lock held."""
+        if self._verified is not None and self.n_total > self._verified:
+            if when is None:
+                from mne_lsl.lsl import local_clock
+
+                when = local_clock()
+            self._releases = [*self._releases[-15:], (self._verified, self.n_total, float(when))]
+        self._verified = None
 
 
 def _channel_names(sinfo) -> list[str] | None:

@@ -37,6 +37,8 @@ def format_summary(summary: dict) -> str:
                      f"{st_['n']} epochs with a known stimulus ({st_['decided']} decided"
                      + (f", marker -> decision p50 {lat['p50_ms']:.0f} ms)" if lat else ")"))
     for key, name in (("decision_latency", "decision latency (ready -> decided)"),
+                      ("decision_wait", "  of it waiting (ready -> taken up)"),
+                      ("decision_compute", "  of it computing (per batch)"),
                       ("marker_to_decision_latency", "marker -> decision")):
         lat = summary.get(key)
         if lat:

@@ -36,26 +36,34 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def windows_bundle(tiny_dataset, tmp_path_factory):
+def tiny_cache(tmp_path_factory):
+    """One feature and epoch cache for every fit on the tiny set: each image feature and
+    epoch file is computed once per test session (the cache's keys keep backbones, layers
+    and settings apart; checkpoints are keyed by their run folder)."""
+    return tmp_path_factory.mktemp("tiny_cache")
+
+
+@pytest.fixture(scope="session")
+def windows_bundle(tiny_dataset, tiny_cache, tmp_path_factory):
     """A bundle of subject 1 of the tiny set that decides provisionally after 0.3 and 0.5 s
     (--windows; random resnet10t, a few epochs)."""
     from trainer.fit import FitConfig, fit
 
     root = tmp_path_factory.mktemp("windows_bundle")
     fit(FitConfig(data=str(tiny_dataset), subject=1, out=str(root / "run"), backbone="resnet10t", weights="random",
-                  layers="1", epochs=3, batch_size=128, proj_dim=32, embed_dim=64, cache=str(root / "cache"),
+                  layers="1", epochs=3, batch_size=128, proj_dim=32, embed_dim=64, cache=str(tiny_cache),
                   device="cpu", windows="0.3,0.5"))
     return root / "run"
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_dataset, tmp_path_factory):
+def tiny_bundle(tiny_dataset, tiny_cache, tmp_path_factory):
     """A bundle fitted on subject 1 of the tiny set (random resnet10t, a few epochs)."""
     from trainer.fit import FitConfig, fit
 
     root = tmp_path_factory.mktemp("bundle")
     fit(FitConfig(data=str(tiny_dataset), subject=1, out=str(root / "run"), backbone="resnet10t", weights="random",
-                  layers="1", epochs=3, batch_size=128, proj_dim=32, embed_dim=64, cache=str(root / "cache"),
+                  layers="1", epochs=3, batch_size=128, proj_dim=32, embed_dim=64, cache=str(tiny_cache),
                   device="cpu"))
     return root / "run"
 

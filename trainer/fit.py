@@ -669,6 +669,7 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     logger.info("data: %d training images (subjects %s), %d test images x %d repetitions, %d channels x %d times (%s)",
                 len(data.train), data.subjects_train, data.test.shape[0], data.test.shape[1], data.train.shape[1],
                 data.train.shape[2], data.source)
+    ends = stage_ends(data.spec, parse_windows(cfg.windows))  # the decision stages, the epoch's end last (checked now)
 
     keys = [layer_key(k) for k in candidates]
     concepts = data.train_images.concept_index[data.train_image_ids]
@@ -687,7 +688,6 @@ def fit(cfg: FitConfig, progress: Progress | None = None, *, overwrite: bool = F
     if job.fraction["features"] == 0:
         job.skip("features")  # all cached
     split = _Split.of(data, fit_rows, val_rows, device)
-    ends = stage_ends(data.spec, parse_windows(cfg.windows))  # the decision stages, the epoch's end last
     masks = stage_masks(data.spec, ends) if len(ends) > 1 else None
     proxy: dict[str, dict] = {}
     ranked = candidates

@@ -150,6 +150,7 @@ def plan_protocol(p: Protocol, *, cache: str = "") -> tuple[list[SweepRun], dict
     """Every run of the protocol and the feature passes they need (see :func:`plan_runs`)."""
     runs: list[SweepRun] = []
     features: dict = {}
+    described: dict = {}  # each backbone is described once, for every modality and mode
     data = [("eeg", p.eeg, p.subjects, "auto"), ("meg", p.meg, p.meg_subjects, "meg")]
     for modality, folder, subjects, source in data:
         if not folder:
@@ -162,7 +163,7 @@ def plan_protocol(p: Protocol, *, cache: str = "") -> tuple[list[SweepRun], dict
                 base.validate()
                 r, f = plan_runs(base, backbones=[b["name"]], subjects=subjects, seeds=p.seeds,
                                  layers=str(b.get("layers", "auto")), folder=f"{modality}/{mode}",
-                                 extra={"modality": modality, "mode": mode})
+                                 extra={"modality": modality, "mode": mode}, described=described)
                 runs += r
                 features.update(f)
     return runs, features

@@ -84,11 +84,13 @@ class Engine:
 
 
 def plan_runs(base: FitConfig, *, backbones: Sequence[str], subjects: Sequence[int], seeds: Sequence[int],
-              layers: str = "auto", folder: str = "", extra: dict | None = None
+              layers: str = "auto", folder: str = "", extra: dict | None = None, described: dict | None = None
               ) -> tuple[list[SweepRun], dict[tuple[str, str], FitConfig]]:
     """The runs of a sweep, and per (data, backbone) the settings of its feature pass (its
     swept layers in ``layers``).  Backbones are described from their architecture alone (no
-    weights are loaded here).  Run folders: ``<base.out>/<folder>/<backbone>/sub-NN/seed-S/<layer>``."""
+    weights are loaded here; ``described``, a dict the caller keeps, holds the descriptions
+    for its next calls: building a large architecture takes seconds).  Run folders:
+    ``<base.out>/<folder>/<backbone>/sub-NN/seed-S/<layer>``."""
     from .vision import describe_backbone
 
     if not backbones or not subjects or not seeds:
@@ -96,9 +98,13 @@ def plan_runs(base: FitConfig, *, backbones: Sequence[str], subjects: Sequence[i
     out = Path(base.out).expanduser() / folder if folder else Path(base.out).expanduser()
     runs: list[SweepRun] = []
     features: dict[tuple[str, str], FitConfig] = {}
+    described = {} if described is None else described
     for name in backbones:
-        info = describe_backbone(name, model_kwargs={"img_size": base.image_size} if base.image_size else None,
-                                 trust_remote_code=base.trust_remote_code and name.startswith("hf:"))
+        key = (name, base.image_size, base.trust_remote_code and name.startswith("hf:"))
+        if key not in described:
+            described[key] = describe_backbone(name, model_kwargs={"img_size": base.image_size} if base.image_size else None,
+                                               trust_remote_code=key[2])
+        info = described[key]
         swept = layer_list(layers, info["n_layers"], name=f"--layers for {name}")
         features[feature_key(base.data, name)] = dataclasses.replace(base, backbone=name, layers=",".join(map(str, swept)),
                                                                      out="-")

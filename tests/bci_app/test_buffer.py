@@ -193,6 +193,27 @@ def test_samples_after_a_gap_wait_for_the_stream_check():
     assert src.available == 4000
 
 
+def test_epochs_held_back_by_a_slow_stream_check_are_decided_not_shed():
+    """After a gap the samples wait for the stream's check; when it takes longer than
+    max_delay, the epochs it held back are still decided (their wait counts from the
+    release), and an epoch overdue since its release is shed as before."""
+    src = _source()
+    epocher = OnlineEpocher(_spec(), src, max_delay=1.0)
+    _push(src, 0, 2000, now=T0)
+    _push(src, 2000, 3000, stamp_first=T0 + 2.0 + 10.0, now=T0 + 3.0)  # a clock jump: held back
+    assert src.gaps == [2000] and src.available == 2000
+    t = T0 + 2.0 + 10.0 + 1.0  # sample 3000, its window complete when the chunk arrived
+    epocher.add(_marker(t, now=T0 + 3.0))
+    assert epocher.poll(T0 + 4.0) == ([], [])  # waiting for the check
+    src._release(T0 + 6.0)  # the check took 3 s
+    ready, rejected = epocher.poll(T0 + 6.5)
+    assert rejected == [] and [r.marker.onset for r in ready] == [3000] and ready[0].t_ready == T0 + 6.0
+    assert src.available_since(2999) == T0 + 6.0 and src.available_since(1999) == T0
+    epocher.add(_marker(t + 0.5, now=T0 + 6.5))
+    ready, rejected = epocher.poll(T0 + 7.5)  # 1.5 s after its release: overdue
+    assert ready == [] and [reason for _, reason in rejected] == ["overload"]
+
+
 def test_flat_channels_are_rejected_with_a_warning():
     """An int16 stream in volts: every sample rounds to 0."""
     src = _source()

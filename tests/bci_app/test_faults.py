@@ -75,9 +75,10 @@ def _name(outlet):
 # -- a flood of markers --------------------------------------------------------------------
 
 def test_a_marker_flood_sheds_load_keeps_decisions_timely_and_the_recording_whole(bundle, counter_outlet, tmp_path):
-    """1000 markers/s for 5 s: epochs are decided within max_delay of being ready or
-    rejected as 'overload' (counted); every marker is accounted for; the recording is
-    complete."""
+    """1000 markers/s for 5 s: epochs are taken up within max_delay of being ready or
+    rejected as 'overload' (counted), so a decision comes at most one batch's computing
+    later; every marker is accounted for; the recording is complete.  (The bound is on
+    the session's own clock readings, not on how fast this machine is.)"""
     out = counter_outlet(_layout(bundle), 1000.0, markers="int32")
     live = LiveSession(bundle, _name(out), device="cpu", record=tmp_path / "rec").start()
     max_delay = live.epocher.max_delay
@@ -94,7 +95,10 @@ def test_a_marker_flood_sheds_load_keeps_decisions_timely_and_the_recording_whol
     rejected = summary["epochs_rejected"]
     assert summary["markers_seen"] == 5000
     assert summary["epochs_decoded"] + sum(rejected.values()) + summary["epochs_pending"] == 5000
-    assert summary["decision_latency"]["max_ms"] <= 1000 * (max_delay + 0.5)
+    wait, compute, latency = (summary[k] for k in ("decision_wait", "decision_compute", "decision_latency"))
+    assert wait["n"] == latency["n"] == summary["epochs_decoded"] > 0 and compute["n"] >= 1
+    assert wait["max_ms"] <= 1000 * max_delay
+    assert latency["max_ms"] <= wait["max_ms"] + compute["max_ms"] + 0.01
     assert set(k for k, v in rejected.items() if v) <= {"overload", "before start"}
     counter, annotations = _recorded_counter(summary["recording"])
     np.testing.assert_array_equal(np.diff(counter), 1)
@@ -271,7 +275,7 @@ def test_a_clock_jump_in_the_eeg_stamps_is_a_gap(bundle, counter_outlet):
         step_until(lambda: live.stats.markers >= 3 and not live.epocher.pending, 15)
     finally:
         summary = live.close()
-    assert onsets == {1: k1, 3: jump_at + 700}
+    assert onsets == {1: k1, 3: jump_at + 700}, summary
     assert summary["epochs_decoded"] == 2 and summary["epochs_rejected"]["gap"] == 1
     assert summary["gaps"] == 1
 

@@ -127,8 +127,10 @@ def test_the_app_records_the_data_sets_responses_at_the_markers(subject, tiny_bu
     assert labels == [str(c) for c in plan]
     onsets = raw.time_as_index(raw.annotations.onset, use_rounding=True)
     stamps = np.fromfile(tmp_path / "rec" / "recording.times", dtype="<f8")
-    # t0 + i / sfreq (the app's clock correction moves them by a fraction of a microsecond now and then)
-    np.testing.assert_allclose(np.diff(stamps), 1 / SFREQ, rtol=0, atol=1e-6)
+    # t0 + i / sfreq: the app's clock correction, measured again every second, moves them
+    # by a microsecond or so now and then (1.3 us seen on a busy machine); a twentieth of a
+    # sample is far below what could move a marker to another sample
+    np.testing.assert_allclose(np.diff(stamps), 1 / SFREQ, rtol=0, atol=0.05 / SFREQ)
     assert np.abs(stamps[onsets] - np.array(times)).max() <= 0.5 / SFREQ  # the recorded markers sit at their times
 
     spec = bundle.spec

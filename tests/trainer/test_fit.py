@@ -23,10 +23,9 @@ def _config(data, out, cache, **kw):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One cache for the module: epochs and features are computed once (cache keys keep
-    runs apart; checkpoints are keyed by their run folder)."""
-    return tmp_path_factory.mktemp("cache")
+def cache(tiny_cache):
+    """The session's cache of the tiny set's features and epochs (tests/conftest.py)."""
+    return tiny_cache
 
 
 @pytest.fixture(scope="module")

@@ -101,8 +101,9 @@ def _config(data, out, cache, **kw):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def cache(tiny_cache):
+    """The session's cache of the tiny set's features and epochs (tests/conftest.py)."""
+    return tiny_cache
 
 
 @pytest.fixture(scope="module")

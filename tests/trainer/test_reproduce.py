@@ -51,9 +51,9 @@ layers = "2,final"
 
 
 @pytest.mark.slow
-def test_reproduce_locally_and_on_ray_gives_the_same_table(tiny_dataset, tmp_path, capsys):
+def test_reproduce_locally_and_on_ray_gives_the_same_table(tiny_dataset, tiny_cache, tmp_path, capsys):
     pytest.importorskip("ray")
-    protocol = _protocol(tmp_path, tiny_dataset, tmp_path / "cache")
+    protocol = _protocol(tmp_path, tiny_dataset, tiny_cache)
     assert main(["reproduce", "--config", str(protocol)]) == 0
     assert "## EEG, intra-subject (20-way)" in capsys.readouterr().out
     on_ray_cmd = ["reproduce", "--config", str(protocol), "--engine", "ray", "--feature-workers", "2",
@@ -100,6 +100,22 @@ def test_the_shipped_paper_protocol_plans_the_papers_runs():
     assert all(r.cfg.inter == (r.info["mode"] == "inter") for r in runs)
     assert all(r.cfg.source == "meg" for r in runs if r.info["modality"] == "meg")
     assert len(runs) == 10920
+
+
+def test_the_plan_builds_each_backbone_once(tmp_path, monkeypatch):
+    """Every (modality, mode) plans its runs, but a backbone's architecture (seconds for a
+    large one) is built once for all of them."""
+    import trainer.vision
+
+    built = []
+    describe = trainer.vision.describe_backbone
+    monkeypatch.setattr(trainer.vision, "describe_backbone", lambda name, **kw: built.append(name) or describe(name, **kw))
+    protocol = tmp_path / "p.toml"
+    protocol.write_text('out = "o"\neeg = "d"\nmeg = "m"\nsubjects = [1]\nmeg_subjects = [1]\nmodes = ["intra", "inter"]\n'
+                        '[[backbone]]\nname = "resnet10t"\n[[backbone]]\nname = "vit_tiny_patch16_224"\nimage_size = 32\n')
+    runs, _ = plan_protocol(load_protocol(protocol))
+    assert sorted(built) == ["resnet10t", "vit_tiny_patch16_224"]
+    assert {(r.info["modality"], r.info["mode"]) for r in runs} == {(m, k) for m in ("eeg", "meg") for k in ("intra", "inter")}
 
 
 def test_a_dry_run_prints_the_plan(capsys):

@@ -101,9 +101,11 @@ def test_a_bad_windows_record_is_refused_by_name(windows_bundle, edited_bundle, 
     assert field in str(err.value)
 
 
-def test_windows_outside_the_epoch_are_refused_before_training(tiny_dataset, tmp_path):
+def test_windows_outside_the_epoch_are_refused_before_any_image_work(tiny_dataset, tiny_cache, tmp_path, monkeypatch):
+    import trainer.fit
     from trainer.fit import FitConfig, fit
 
+    monkeypatch.setattr(trainer.fit, "image_features", lambda *a, **k: pytest.fail("image features computed"))
     with pytest.raises(UsageError, match="2 s does not end inside the epoch"):
         fit(FitConfig(data=str(tiny_dataset), subject=1, out=str(tmp_path / "run"), backbone="resnet10t", weights="random",
-                      layers="1", epochs=1, cache=str(tmp_path / "cache"), device="cpu", windows="0.3,2"))
+                      layers="1", epochs=1, cache=str(tiny_cache), device="cpu", windows="0.3,2"))
