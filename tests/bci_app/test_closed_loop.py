@@ -125,8 +125,9 @@ def test_presenter_simulated_participant_and_decoder_run_the_experiment(tiny_dat
     # better than chance (offline: mean rank 6.9, sd 5.6; chance 9.5).  Live, the images'
     # neighbours overlap each response as the presenter's real timing has them (a busy
     # machine stretches some intervals; the offline epochs have the set's), so live has
-    # been up to 3 standard errors worse (8.3 once, 7.4 usually).  The chance bound at 2.5
-    # standard errors fails a decoder at chance 99 % of the time, a working one almost never.
+    # been up to 3 standard errors worse: 8.3 on a busy machine, 7.4 on a quiet one.  The
+    # chance bound at 2.5 standard errors fails a decoder at chance 99 % of the time, a
+    # working one almost never.
     live, offline = _live_ranks(records), _offline_ranks(loop_bundle, tiny_dataset)
     se = np.sqrt(live.var() / len(live) + offline.var() / len(offline))
     print(f"mean rank of the shown image (0 = top, chance 9.5): live {live.mean():.2f} (n={len(live)}), "
