@@ -165,7 +165,7 @@ class CandidateView(QWidget):
         self.truth_note.setMaximumWidth(THUMB + 20)
         self.rows: dict[str, list[CandidateCard]] = {}
         self.row_titles: dict[str, QLabel] = {}
-        self.records = 0
+        self.records = 0  # records shown: the window shows the last of each decoded batch
         grid = QGridLayout(self)
         grid.setContentsMargins(6, 6, 6, 6)
         grid.setHorizontalSpacing(8)
