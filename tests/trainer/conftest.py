@@ -18,6 +18,14 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def cache(tiny_cache):
+    """The fits' ``--cache`` in the trainer's tests: the session's cache of the tiny set's
+    features and epochs (tests/conftest.py).  (It stands in for pytest's own ``cache``
+    fixture here, which no test of the trainer uses.)"""
+    return tiny_cache
+
+
 @pytest.fixture
 def edited_bundle(tmp_path):
     """edited_bundle(bundle, edit): a copy of the bundle folder whose bundle.json ``edit``

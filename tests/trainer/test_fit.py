@@ -23,12 +23,6 @@ def _config(data, out, cache, **kw):
 
 
 @pytest.fixture(scope="module")
-def cache(tiny_cache):
-    """The session's cache of the tiny set's features and epochs (tests/conftest.py)."""
-    return tiny_cache
-
-
-@pytest.fixture(scope="module")
 def tiny_run(tiny_dataset, tmp_path_factory, cache):
     root = tmp_path_factory.mktemp("run")
     metrics = fit(_config(tiny_dataset, root / "run", cache))

@@ -25,12 +25,6 @@ def _config(data, out, cache, **kw):
 
 
 @pytest.fixture(scope="module")
-def cache(tiny_cache):
-    """The session's cache of the tiny set's features and epochs (tests/conftest.py)."""
-    return tiny_cache
-
-
-@pytest.fixture(scope="module")
 def weighted_run(tiny_dataset, tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("fusion") / "weighted"
     metrics = fit(_config(tiny_dataset, out, cache, fusion="weighted", fusion_layers="1,3,final"))

@@ -101,12 +101,6 @@ def _config(data, out, cache, **kw):
 
 
 @pytest.fixture(scope="module")
-def cache(tiny_cache):
-    """The session's cache of the tiny set's features and epochs (tests/conftest.py)."""
-    return tiny_cache
-
-
-@pytest.fixture(scope="module")
 def runs(tiny_dataset, tmp_path_factory, cache, one_torch_thread):
     """The same settings searched both ways, and each candidate trained alone."""
     root = tmp_path_factory.mktemp("runs")
